@@ -1,0 +1,38 @@
+"""steerjax: principled training of steering vectors (PrOSV / FSSV) on Flax LLMs."""
+
+import re
+
+from setuptools import find_packages, setup
+
+version = re.search(r'__version__ = "([^"]+)"', open("steerjax/__init__.py").read()).group(1)
+
+setup(
+    name="steerjax",
+    version=version,
+    description="Train and evaluate steering vectors on Flax LLMs (JAX).",
+    packages=find_packages(include=["steerjax", "steerjax.*"]),
+    python_requires=">=3.10",
+    # Ranges tested on Python 3.11 with jax 0.10.2, flax 0.12.8, optax 0.2.8, orbax 0.12.8.
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "ml_collections>=1.1.0,<2",
+        "transformers>=5.0,<6",
+        "huggingface_hub>=1.0",
+        "safetensors>=0.6",
+        "sentencepiece>=0.2",
+        "datasets>=4.0",
+        "pandas>=2.0",
+        "pyarrow>=15",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "parity": ["torch==2.13.0"],
+        "judge": ["openai>=1.40"],
+        "tensorboard": ["tensorboardX>=2.6"],
+    },
+)

@@ -1,0 +1,248 @@
+"""One llama-like decoder in Flax linen, with switches for Llama, Qwen2 and Gemma-2.
+
+Axis letters used in names and einsum strings:
+  B batch, T query time, S key slots, D width, H query heads, K kv heads,
+  G query heads per kv head, E head dim, F mlp width, V vocab, L layers.
+
+Every `Block` ends in `Block.residual(h_BTD)`, an identity method that marks the block
+output (HF's `model.layers[i]` output) as the residual-stream site. Interventions hook that
+method through `flax.linen.intercept_methods`; the model itself knows nothing of steering.
+
+The KV cache is explicit and functional: a dict
+  {"k": [L x [B, S, K, E]], "v": [...], "valid": bool[B, S], "index": int32, "next_pos": int32[B]}
+passed in and returned by `Decoder.__call__`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from steerjax.models.config import ModelConfig
+
+SITE_METHOD = "residual"
+_NEG = -1e30  # finite, so fully padded query rows give a uniform softmax instead of NaN
+
+
+def block_name(layer: int) -> str:
+  return f"layers_{layer}"
+
+
+def _param(module, name, init, shape, axes, dtype):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class RMSNorm(nn.Module):
+  cfg: ModelConfig
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.zeros if self.cfg.norm_plus_one else nn.initializers.ones
+    w = _param(self, "scale", init, (x.shape[-1],), ("embed",), self.dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.norm_eps)
+    if self.cfg.norm_plus_one:  # Gemma-2 keeps the whole norm in fp32
+      return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+    return w * y.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig):
+  """Inverse RoPE frequencies [E/2], with llama3 scaling when configured."""
+  e = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))
+  if cfg.rope_llama3 is None:
+    return inv
+  factor, low, high, old_len = cfg.rope_llama3
+  wavelen = 2 * math.pi / inv
+  low_wavelen, high_wavelen = old_len / low, old_len / high
+  scaled = jnp.where(wavelen > low_wavelen, inv / factor, inv)
+  smooth = (old_len / wavelen - low) / (high - low)
+  mid = (1 - smooth) * scaled / factor + smooth * scaled
+  is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(is_mid, mid, scaled)
+
+
+def apply_rope(x_BTNE, positions_BT, inv_freq):
+  """Rotate-half RoPE (the HF layout), computed in fp32."""
+  angles = positions_BT[..., None].astype(jnp.float32) * inv_freq  # [B, T, E/2]
+  cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[:, :, None, :]
+  sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[:, :, None, :]
+  x = x_BTNE.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], -1)
+  return (x * cos + rotated * sin).astype(x_BTNE.dtype)
+
+
+def _softcap(x, cap):
+  return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+  dtype: Any
+  sliding: bool
+
+  @nn.compact
+  def __call__(self, x_BTD, positions_BT, allowed_BTS, kv_cache):
+    cfg, dt = self.cfg, self.dtype
+    D, H, K, E = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    init = nn.initializers.normal(0.02)
+    wq = _param(self, "q", init, (D, H, E), ("embed", "heads", "head_dim"), dt)
+    wk = _param(self, "k", init, (D, K, E), ("embed", "kv_heads", "head_dim"), dt)
+    wv = _param(self, "v", init, (D, K, E), ("embed", "kv_heads", "head_dim"), dt)
+    wo = _param(self, "o", init, (H, E, D), ("heads", "head_dim", "embed"), dt)
+    q = jnp.einsum("btd,dhe->bthe", x_BTD, wq)
+    k = jnp.einsum("btd,dke->btke", x_BTD, wk)
+    v = jnp.einsum("btd,dke->btke", x_BTD, wv)
+    if cfg.qkv_bias:
+      zeros = nn.initializers.zeros
+      q = q + _param(self, "q_bias", zeros, (H, E), ("heads", "head_dim"), dt)
+      k = k + _param(self, "k_bias", zeros, (K, E), ("kv_heads", "head_dim"), dt)
+      v = v + _param(self, "v_bias", zeros, (K, E), ("kv_heads", "head_dim"), dt)
+    inv_freq = rope_inv_freq(cfg)
+    q = apply_rope(q, positions_BT, inv_freq)
+    k = apply_rope(k, positions_BT, inv_freq)
+
+    if kv_cache is not None:  # write the new keys at the cache index, attend over all slots
+      k_cache, v_cache, index = kv_cache
+      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+    new_kv = (k, v)
+
+    B, T = x_BTD.shape[:2]
+    G = H // K
+    q = q.reshape(B, T, K, G, E)
+    scale = (cfg.query_scale if cfg.query_scale is not None else E) ** -0.5
+    logits = jnp.einsum("btkge,bske->bkgts", q, k.astype(dt)).astype(jnp.float32) * scale
+    logits = _softcap(logits, cfg.attn_softcap)
+    logits = jnp.where(allowed_BTS[:, None, None], logits, _NEG)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v.astype(dt)).reshape(B, T, H, E)
+    return jnp.einsum("bthe,hed->btd", out, wo), new_kv
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BTD):
+    cfg, dt = self.cfg, self.dtype
+    init = nn.initializers.normal(0.02)
+    gate = _param(self, "gate", init, (cfg.dim, cfg.hidden_dim), ("embed", "mlp"), dt)
+    up = _param(self, "up", init, (cfg.dim, cfg.hidden_dim), ("embed", "mlp"), dt)
+    down = _param(self, "down", init, (cfg.hidden_dim, cfg.dim), ("mlp", "embed"), dt)
+    g = x_BTD @ gate
+    g = jax.nn.silu(g) if cfg.activation == "silu" else jax.nn.gelu(g, approximate=True)
+    return (g * (x_BTD @ up)) @ down
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+  dtype: Any
+  sliding: bool = False
+
+  @nn.compact
+  def __call__(self, h_BTD, positions_BT, allowed_BTS, kv_cache=None):
+    cfg = self.cfg
+    x = RMSNorm(cfg, self.dtype, name="attn_norm")(h_BTD)
+    x, new_kv = Attention(cfg, self.dtype, self.sliding, name="attn")(
+        x, positions_BT, allowed_BTS, kv_cache)
+    if cfg.sandwich_norms:
+      x = RMSNorm(cfg, self.dtype, name="post_attn_norm")(x)
+    h_BTD = h_BTD + x
+    x = RMSNorm(cfg, self.dtype, name="mlp_norm")(h_BTD)
+    x = Mlp(cfg, self.dtype, name="mlp")(x)
+    if cfg.sandwich_norms:
+      x = RMSNorm(cfg, self.dtype, name="post_mlp_norm")(x)
+    return self.residual(h_BTD + x), new_kv
+
+  def residual(self, h_BTD):
+    """The residual-stream site: the block output. Identity; interventions hook it."""
+    return h_BTD
+
+
+def _allowed(q_slot_BT, k_valid_BS, window):
+  """bool[B, T, S]: causal, key not padding, and inside the sliding window if any."""
+  s = jnp.arange(k_valid_BS.shape[1])
+  ok = (s[None, None, :] <= q_slot_BT[:, :, None]) & k_valid_BS[:, None, :]
+  if window is not None:
+    ok &= (q_slot_BT[:, :, None] - s[None, None, :]) < window
+  return ok
+
+
+class Decoder(nn.Module):
+  """`apply({"params": p}, tokens_BT) -> logits_BTV` (fp32 logits).
+
+  Optional keywords: `valid_BT` (False at left padding), `cache` (then returns
+  `(out, new_cache)`), and for running a slice of the model, `h_BTD` with `first_layer`
+  (start from the site output of block first_layer-1) and `last_layer` with `head=False`
+  (stop after block last_layer-1 and return its site output).
+  """
+  cfg: ModelConfig
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens_BT=None, *, valid_BT=None, cache=None, h_BTD=None,
+               first_layer: int = 0, last_layer: Optional[int] = None, head: bool = True):
+    cfg, dt = self.cfg, self.dtype
+    embedding = _param(self, "embedding", nn.initializers.normal(0.02),
+                       (cfg.vocab_size, cfg.dim), ("vocab", "embed"), dt)
+    if first_layer == 0:
+      h_BTD = embedding[tokens_BT]
+      if cfg.embed_scale:
+        h_BTD = h_BTD * jnp.asarray(math.sqrt(cfg.dim), dt)
+    B, T = h_BTD.shape[:2]
+    if valid_BT is None:
+      valid_BT = jnp.ones((B, T), bool)
+
+    start_pos = cache["next_pos"] if cache is not None else jnp.zeros((B,), jnp.int32)
+    positions_BT = jnp.maximum(start_pos[:, None] + jnp.cumsum(valid_BT, 1) - 1, 0)
+    if cache is not None:
+      index = cache["index"]
+      k_valid = jax.lax.dynamic_update_slice(cache["valid"], valid_BT, (0, index))
+      q_slot = index + jnp.arange(T)[None, :].repeat(B, 0)
+    else:
+      k_valid, q_slot = valid_BT, jnp.arange(T)[None, :].repeat(B, 0)
+    allowed_full = _allowed(q_slot, k_valid, None)
+    allowed_local = _allowed(q_slot, k_valid, cfg.sliding_window) if cfg.sliding_layers else None
+
+    stop = cfg.n_layers if last_layer is None else last_layer
+    new_k, new_v = [], []
+    for i in range(first_layer, stop):
+      sliding = i in cfg.sliding_layers
+      kv = None if cache is None else (cache["k"][i], cache["v"][i], cache["index"])
+      h_BTD, (k, v) = Block(cfg, dt, sliding, name=block_name(i))(
+          h_BTD, positions_BT, allowed_local if sliding else allowed_full, kv)
+      new_k.append(k)
+      new_v.append(v)
+
+    out = h_BTD
+    if head:
+      h_BTD = RMSNorm(cfg, dt, name="final_norm")(h_BTD)
+      if cfg.tie_embeddings:
+        out = jnp.einsum("btd,vd->btv", h_BTD, embedding)
+      else:
+        lm_head = _param(self, "lm_head", nn.initializers.normal(0.02),
+                         (cfg.dim, cfg.vocab_size), ("embed", "vocab"), dt)
+        out = h_BTD @ lm_head
+      out = _softcap(out.astype(jnp.float32), cfg.final_softcap)
+    if cache is None:
+      return out
+    new_cache = dict(k=new_k, v=new_v, valid=k_valid, index=cache["index"] + T,
+                     next_pos=start_pos + valid_BT.sum(1).astype(jnp.int32))
+    return out, new_cache
+
+
+def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=jnp.float32):
+  """An empty KV cache of `size` slots."""
+  shape = (batch, size, cfg.n_kv_heads, cfg.head_dim)
+  return dict(k=[jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)],
+              v=[jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)],
+              valid=jnp.zeros((batch, size), bool), index=jnp.zeros((), jnp.int32),
+              next_pos=jnp.zeros((batch,), jnp.int32))

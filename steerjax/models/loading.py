@@ -1,0 +1,305 @@
+"""Load a model: a local HF directory, a hub id, or a llama2.c checkpoint.
+
+`load(path_or_id, dtype) -> (Decoder, params)`. HF configs are read through
+`transformers.AutoConfig` and mapped field by field; any attribute the decoder does not
+implement is refused by name. Weights come from `*.safetensors` only.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import struct
+from typing import Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from steerjax import paths
+from steerjax.models.config import ModelConfig
+from steerjax.models.decoder import Decoder, block_name
+
+# Short names for the checkpoints that live in the data root or on the hub.
+ALIASES = {
+    "stories260K": ("karpathy/tinyllamas", "stories260K/stories260K.bin"),
+}
+
+# Attributes every PretrainedConfig carries that do not change the forward pass.
+_GENERIC = {
+    "_name_or_path", "architectures", "chunk_size_feed_forward", "dtype", "torch_dtype",
+    "id2label", "label2id", "is_encoder_decoder", "model_type", "output_attentions",
+    "output_hidden_states", "problem_type", "return_dict", "transformers_version",
+    "initializer_range", "use_cache", "attention_dropout", "cache_implementation",
+    "rope_theta", "rope_scaling",  # folded into rope_parameters by transformers 5
+    "bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings",
+}
+_USED = {
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "intermediate_size", "rms_norm_eps",
+    "rope_parameters", "tie_word_embeddings",
+}
+# Attributes the decoder supports at exactly one value: {family: {attr: allowed values}}.
+_FIXED = {
+    "llama": {"attention_bias": (False,), "mlp_bias": (False,), "hidden_act": ("silu",),
+              "pretraining_tp": (1,)},
+    "qwen2": {"hidden_act": ("silu",), "use_sliding_window": (False,)},
+    "gemma2": {"hidden_act": ("gelu_pytorch_tanh",), "hidden_activation": ("gelu_pytorch_tanh",),
+               "attention_bias": (False,), "use_bidirectional_attention": (False, None)},
+}
+# Attributes only meaningful when a switch above is on (Qwen2's sliding window is off).
+_INERT = {"qwen2": {"sliding_window", "max_window_layers", "layer_types"}}
+_GEMMA2 = {"attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar",
+           "sliding_window", "layer_types"}
+
+
+class LoadError(ValueError):
+  """A checkpoint or config that steerjax cannot load, with what to do about it."""
+
+
+def config_from_hf(hf) -> ModelConfig:
+  """Map a transformers config object onto ModelConfig, refusing what we do not handle."""
+  family = hf.model_type
+  if family not in _FIXED:
+    raise LoadError(f"model_type={family!r} is not supported; steerjax implements "
+                    f"{sorted(_FIXED)} (llama also covers Llama-3, qwen2 covers Qwen2.5)")
+  attrs = hf.to_dict()
+  known = _GENERIC | _USED | set(_FIXED[family]) | _INERT.get(family, set())
+  if family == "gemma2":
+    known |= _GEMMA2
+  unknown = sorted(k for k in attrs if k not in known)
+  if unknown:
+    raise LoadError(f"unsupported {family} config attribute(s): "
+                    + ", ".join(f"{k}={attrs[k]!r}" for k in unknown))
+  for key, allowed in _FIXED[family].items():
+    if key in attrs and attrs[key] not in allowed:
+      raise LoadError(f"unsupported {family} config attribute {key}={attrs[key]!r}; "
+                      f"steerjax supports {key} in {allowed}")
+
+  rope = dict(attrs.get("rope_parameters") or {})
+  rope_type = rope.get("rope_type", "default")
+  llama3 = None
+  if rope_type == "llama3":
+    llama3 = (float(rope["factor"]), float(rope["low_freq_factor"]),
+              float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
+  elif rope_type != "default":
+    raise LoadError(f"unsupported config attribute rope_parameters.rope_type={rope_type!r}; "
+                    "steerjax supports 'default' and 'llama3'")
+
+  heads = attrs["num_attention_heads"]
+  kv_heads = attrs.get("num_key_value_heads") or heads
+  head_dim = attrs.get("head_dim") or attrs["hidden_size"] // heads
+  eos = attrs.get("eos_token_id")
+  stop_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+  pad = attrs.get("pad_token_id")
+  common = dict(
+      family=family, vocab_size=attrs["vocab_size"], dim=attrs["hidden_size"],
+      n_layers=attrs["num_hidden_layers"], n_heads=heads, n_kv_heads=kv_heads,
+      head_dim=head_dim, hidden_dim=attrs["intermediate_size"],
+      max_seq_len=attrs.get("max_position_embeddings") or 2048,
+      norm_eps=attrs["rms_norm_eps"], rope_theta=float(rope.get("rope_theta", 10000.0)),
+      rope_llama3=llama3, tie_embeddings=bool(attrs.get("tie_word_embeddings", False)),
+      bos_id=attrs.get("bos_token_id"), stop_ids=stop_ids, pad_id=pad if pad is not None else 0)
+  if family == "qwen2":
+    common["qkv_bias"] = True
+  if family == "gemma2":
+    types = attrs.get("layer_types") or [
+        "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(common["n_layers"])]
+    common.update(
+        activation="gelu_tanh", embed_scale=True, norm_plus_one=True, sandwich_norms=True,
+        attn_softcap=attrs.get("attn_logit_softcapping"),
+        final_softcap=attrs.get("final_logit_softcapping"),
+        query_scale=attrs.get("query_pre_attn_scalar"),
+        sliding_window=attrs.get("sliding_window"),
+        sliding_layers=tuple(i for i, t in enumerate(types) if t == "sliding_attention"))
+  return ModelConfig(**common)
+
+
+def params_from_hf(cfg: ModelConfig, tensors: dict, dtype) -> dict:
+  """HF tensor dict (torch layout, numpy arrays) -> steerjax params, with an explicit key map."""
+  D, H, K, E = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+  used = set()
+
+  def take(key):
+    if key not in tensors:
+      raise LoadError(f"checkpoint is missing tensor {key!r} (expected for a {cfg.family} model)")
+    used.add(key)
+    return np.asarray(tensors[key], np.float32)
+
+  def cast(x):
+    return jnp.asarray(x, dtype)
+
+  norms = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+  if cfg.sandwich_norms:  # Gemma-2's post_attention_layernorm is the norm after attention
+    norms = {"attn_norm": "input_layernorm", "post_attn_norm": "post_attention_layernorm",
+             "mlp_norm": "pre_feedforward_layernorm", "post_mlp_norm": "post_feedforward_layernorm"}
+  params = {"embedding": cast(take("model.embed_tokens.weight")),
+            "final_norm": {"scale": cast(take("model.norm.weight"))}}
+  for i in range(cfg.n_layers):
+    p = f"model.layers.{i}."
+    attn = {"q": take(p + "self_attn.q_proj.weight").T.reshape(D, H, E),
+            "k": take(p + "self_attn.k_proj.weight").T.reshape(D, K, E),
+            "v": take(p + "self_attn.v_proj.weight").T.reshape(D, K, E),
+            "o": take(p + "self_attn.o_proj.weight").T.reshape(H, E, D)}
+    if cfg.qkv_bias:
+      attn["q_bias"] = take(p + "self_attn.q_proj.bias").reshape(H, E)
+      attn["k_bias"] = take(p + "self_attn.k_proj.bias").reshape(K, E)
+      attn["v_bias"] = take(p + "self_attn.v_proj.bias").reshape(K, E)
+    block = {"attn": attn,
+             "mlp": {"gate": take(p + "mlp.gate_proj.weight").T,
+                     "up": take(p + "mlp.up_proj.weight").T,
+                     "down": take(p + "mlp.down_proj.weight").T}}
+    for ours, theirs in norms.items():
+      block[ours] = {"scale": take(p + theirs + ".weight")}
+    params[block_name(i)] = _tree_cast(block, cast)
+  if not cfg.tie_embeddings:
+    params["lm_head"] = cast(take("lm_head.weight").T)
+  leftover = sorted(k for k in tensors if k not in used and "rotary_emb" not in k)
+  if leftover:
+    raise LoadError(f"checkpoint has tensors this {cfg.family} config does not use: {leftover[:5]}")
+  return params
+
+
+def _tree_cast(tree, cast):
+  return {k: _tree_cast(v, cast) if isinstance(v, dict) else cast(v) for k, v in tree.items()}
+
+
+def read_safetensors(directory: str) -> dict:
+  from safetensors.numpy import load_file
+  files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
+  if not files:
+    pickles = [f for pat in ("*.bin", "*.pt", "*.pth")
+               for f in glob.glob(os.path.join(directory, pat))]
+    if pickles:
+      raise LoadError(
+          f"{directory} holds only torch pickle weights ({os.path.basename(pickles[0])}); "
+          "steerjax never unpickles checkpoints. Convert them to safetensors, e.g. "
+          "model.save_pretrained(dir, safe_serialization=True) in transformers.")
+    raise LoadError(f"no *.safetensors weights in {directory}")
+  index = os.path.join(directory, "model.safetensors.index.json")
+  if os.path.exists(index):
+    shards = sorted(set(json.load(open(index))["weight_map"].values()))
+    files = [os.path.join(directory, s) for s in shards]
+    for f in files:
+      if not os.path.exists(f):
+        raise LoadError(f"shard {os.path.basename(f)} listed in {index} is missing")
+  tensors = {}
+  for f in files:
+    try:
+      tensors.update(load_file(f))
+    except TypeError:  # bf16 has no numpy dtype in older safetensors; go through ml_dtypes
+      tensors.update(_load_bf16(f))
+  return tensors
+
+
+def _load_bf16(path):
+  import ml_dtypes
+  from safetensors import safe_open
+  out = {}
+  with safe_open(path, "flax") as f:
+    for k in f.keys():
+      out[k] = np.asarray(f.get_tensor(k)).astype(ml_dtypes.bfloat16)
+  return out
+
+
+def load_hf_dir(directory: str, dtype=jnp.float32):
+  from transformers import AutoConfig
+  if not os.path.exists(os.path.join(directory, "config.json")):
+    raise LoadError(f"{directory} has no config.json; expected a Hugging Face model directory")
+  hf = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+  cfg = config_from_hf(hf)
+  params = params_from_hf(cfg, read_safetensors(directory), dtype)
+  return Decoder(cfg, dtype=dtype), params
+
+
+# ---------------------------------------------------------------------------- llama2.c
+
+def _unpermute_rope(w, n_heads):
+  """llama2.c keeps RoPE pairs interleaved; HF rotates halves. Permute the rows per head."""
+  out_dim, in_dim = w.shape
+  return w.reshape(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(0, 2, 1, 3).reshape(
+      out_dim, in_dim)
+
+
+def load_llama2c(path: str, dtype=jnp.float32):
+  """A llama2.c `.bin` (legacy version-0 export): 7 int32 header fields then fp32 weights."""
+  with open(path, "rb") as f:
+    header = f.read(28)
+    if len(header) < 28:
+      raise LoadError(f"{path} is too short to be a llama2.c checkpoint")
+    dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("7i", header)
+    data = np.frombuffer(f.read(), np.float32)
+  if min(dim, hidden, n_layers, n_heads, n_kv, seq_len) <= 0 or dim % n_heads:
+    raise LoadError(f"{path} does not have a valid llama2.c header "
+                    f"(dim={dim}, n_heads={n_heads}, n_layers={n_layers})")
+  tied, vocab = vocab > 0, abs(vocab)
+  head = dim // n_heads
+  kv_dim = head * n_kv
+  sizes = [("embed", (vocab, dim)), ("attn_norm", (n_layers, dim)),
+           ("wq", (n_layers, dim, dim)), ("wk", (n_layers, kv_dim, dim)),
+           ("wv", (n_layers, kv_dim, dim)), ("wo", (n_layers, dim, dim)),
+           ("mlp_norm", (n_layers, dim)), ("w1", (n_layers, hidden, dim)),
+           ("w2", (n_layers, dim, hidden)), ("w3", (n_layers, hidden, dim)),
+           ("final_norm", (dim,)), ("freq_re", (seq_len, head // 2)),
+           ("freq_im", (seq_len, head // 2))]
+  if not tied:
+    sizes.append(("lm_head", (vocab, dim)))
+  need = sum(int(np.prod(s)) for _, s in sizes)
+  if data.size != need:
+    raise LoadError(f"{path}: expected {need} float32 weights after the header, found {data.size}")
+  w, offset = {}, 0
+  for name, shape in sizes:
+    n = int(np.prod(shape))
+    w[name] = data[offset:offset + n].reshape(shape)
+    offset += n
+  tensors = {"model.embed_tokens.weight": w["embed"], "model.norm.weight": w["final_norm"]}
+  for i in range(n_layers):
+    p = f"model.layers.{i}."
+    tensors.update({
+        p + "self_attn.q_proj.weight": _unpermute_rope(w["wq"][i], n_heads),
+        p + "self_attn.k_proj.weight": _unpermute_rope(w["wk"][i], n_kv),
+        p + "self_attn.v_proj.weight": w["wv"][i],
+        p + "self_attn.o_proj.weight": w["wo"][i],
+        p + "mlp.gate_proj.weight": w["w1"][i], p + "mlp.down_proj.weight": w["w2"][i],
+        p + "mlp.up_proj.weight": w["w3"][i],
+        p + "input_layernorm.weight": w["attn_norm"][i],
+        p + "post_attention_layernorm.weight": w["mlp_norm"][i]})
+  if not tied:
+    tensors["lm_head.weight"] = w["lm_head"]
+  # llama2.c ends a story at BOS (id 1); EOS (2) also stops.
+  cfg = ModelConfig(family="llama", vocab_size=vocab, dim=dim, n_layers=n_layers,
+                    n_heads=n_heads, n_kv_heads=n_kv, head_dim=head, hidden_dim=hidden,
+                    max_seq_len=seq_len, tie_embeddings=tied, bos_id=1, stop_ids=(1, 2), pad_id=0)
+  return Decoder(cfg, dtype=dtype), params_from_hf(cfg, tensors, dtype)
+
+
+# ---------------------------------------------------------------------------- entry
+
+def resolve(path_or_id: str, data_root: Optional[str] = None) -> str:
+  """Local path for a model: as given, an alias or hub id under the data root, or the hub."""
+  if os.path.exists(path_or_id):
+    return path_or_id
+  hub_id, filename = ALIASES.get(path_or_id, (path_or_id, None))
+  root = paths.data_root(data_root)
+  if root:
+    for candidate in (filename, path_or_id, hub_id, os.path.basename(hub_id)):
+      if candidate and os.path.exists(os.path.join(root, candidate)):
+        return os.path.join(root, candidate)
+  if "/" not in hub_id or path_or_id.startswith((".", "/")):
+    raise LoadError(f"model {path_or_id!r} not found: not a local path, not under the data root "
+                    f"({root or 'unset; set STEERJAX_DATA'}), and not a hub id like 'org/name'")
+  from huggingface_hub import hf_hub_download, snapshot_download
+  if filename:
+    return hf_hub_download(hub_id, filename)
+  return snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+
+
+def load(path_or_id: str, dtype=jnp.float32, data_root: Optional[str] = None):
+  """Return `(model, params)` for a local HF dir, hub id, alias or llama2.c `.bin`."""
+  path = resolve(path_or_id, data_root)
+  if os.path.isdir(path):
+    return load_hf_dir(path, dtype)
+  if path.endswith(".bin"):
+    return load_llama2c(path, dtype)
+  raise LoadError(f"{path}: expected a model directory (config.json + *.safetensors) "
+                  "or a llama2.c .bin checkpoint")

@@ -1,0 +1,77 @@
+"""Tokenizers: sentencepiece (llama2.c models) or Hugging Face, behind one small interface."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+from steerjax.models.loading import LoadError, resolve
+
+
+class Tokenizer:
+  """`encode(text) -> ids`, `decode(ids) -> text`, and chat prompts.
+
+  `encode` adds no special tokens unless `bos=True`. `chat_prompt(instruction)` returns the
+  ids of a user turn plus the generation prompt under the model's chat template, or just
+  BOS + the text for a model without one (stories260K).
+  """
+
+  def __init__(self, backend, kind: str):
+    self._tok, self.kind = backend, kind
+    if kind == "sentencepiece":
+      self.bos_id, self.eos_id = backend.bos_id(), backend.eos_id()
+      self.vocab_size = backend.vocab_size()
+      self.pad_id = 0
+    else:
+      self.bos_id, self.eos_id = backend.bos_token_id, backend.eos_token_id
+      self.vocab_size = len(backend)
+      self.pad_id = backend.pad_token_id if backend.pad_token_id is not None else 0
+
+  @property
+  def has_chat_template(self) -> bool:
+    return self.kind == "hf" and bool(getattr(self._tok, "chat_template", None))
+
+  def encode(self, text: str, bos: bool = False) -> list:
+    if self.kind == "sentencepiece":
+      ids = self._tok.encode(text)
+    else:
+      ids = self._tok.encode(text, add_special_tokens=False)
+    return ([self.bos_id] if bos and self.bos_id is not None else []) + list(ids)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    ids = [int(i) for i in ids]
+    if self.kind == "sentencepiece":
+      return self._tok.decode(ids)
+    return self._tok.decode(ids, skip_special_tokens=True)
+
+  def chat_prompt(self, instruction: str) -> list:
+    if not self.has_chat_template:
+      return self.encode(instruction, bos=True)
+    out = self._tok.apply_chat_template(
+        [{"role": "user", "content": instruction}], add_generation_prompt=True, tokenize=True)
+    if isinstance(out, dict) or hasattr(out, "keys"):
+      out = out["input_ids"]
+    return list(out)
+
+
+def load_tokenizer(path_or_id: str, data_root: Optional[str] = None) -> Tokenizer:
+  """From a tokenizer file (`.model`, `tokenizer.json`), a model directory, a llama2.c
+  `.bin` (its sentencepiece model sits beside it), an alias or a hub id."""
+  path = resolve(path_or_id, data_root)
+  if path.endswith(".bin"):
+    directory = os.path.dirname(path)
+    candidates = [f for f in sorted(os.listdir(directory)) if f.endswith(".model")]
+    if not candidates:
+      raise LoadError(f"no sentencepiece .model file beside {path}; pass the tokenizer path")
+    path = os.path.join(directory, "tokenizer.model" if "tokenizer.model" in candidates
+                        else candidates[0])
+  if path.endswith(".model"):
+    import sentencepiece as spm
+    return Tokenizer(spm.SentencePieceProcessor(model_file=path), "sentencepiece")
+  from transformers import AutoTokenizer, PreTrainedTokenizerFast
+  if path.endswith(".json"):
+    return Tokenizer(PreTrainedTokenizerFast(tokenizer_file=path), "hf")
+  if os.path.isdir(path):
+    return Tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=False), "hf")
+  raise LoadError(f"{path}: expected a sentencepiece .model, a tokenizer.json, "
+                  "a model directory or a llama2.c .bin")

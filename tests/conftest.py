@@ -1,0 +1,20 @@
+"""Shared test setup: the local data root and CPU-only JAX."""
+
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+os.environ.setdefault("STEERJAX_DATA", os.path.normpath(os.path.join(HERE, "..", "..", "shared", "assets")))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+DATA = os.environ["STEERJAX_DATA"]
+STORIES = os.path.join(DATA, "stories260K", "stories260K.bin")
+
+
+@pytest.fixture(scope="session")
+def stories():
+  """(model, params, tokenizer) of stories260K, loaded once per session."""
+  from steerjax.models import load, load_tokenizer
+  model, params = load(STORIES)
+  return model, params, load_tokenizer(STORIES)
