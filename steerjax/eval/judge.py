@@ -1,0 +1,459 @@
+"""LLM judges that rate steered continuations for concept, instruction and fluency.
+
+Each continuation gets three separate 0/1/2 ratings, one prompt per criterion. The judge
+explains briefly and ends with `Rating: [[k]]`; the last such line counts, and anything
+unreadable or out of range counts as 0 (tallied in `stats.parse_failures`).
+
+`OpenAIJudge` asks an OpenAI-compatible chat-completions server; `LocalJudge` asks any
+`chat(prompts) -> replies` callable. Both keep replies in an append-only JSON-lines cache
+keyed by a hash of the full request, so an interrupted evaluation resumes where it stopped.
+Requests that fail after all retries rate 0 (tallied in `stats.failures`) and are not
+cached, so a later run asks them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+log = logging.getLogger(__name__)
+
+KINDS = ("concept", "instruction", "fluency")
+MAX_RATING = 2
+CACHE_FILE = "judge_cache.jsonl"
+# A wrong key, endpoint or model: every request would fail alike, so stop at once.
+FATAL_STATUS = (401, 403, 404)
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "steerjax", "judge")
+
+_ANSWER_FORMAT = """\
+First explain your judgement in two or three sentences. Then finish with one last line of \
+exactly this form, where k is 0, 1 or 2:
+Rating: [[k]]"""
+
+CONCEPT_PROMPT = """\
+You are grading a piece of text on a single question: does it bring in the given concept?
+
+Concept: {concept}
+
+Text:
+{continuation}
+
+Scale:
+0 - the concept is absent from the text.
+1 - the concept shows up only partly, vaguely, or in a forced, awkward way.
+2 - the concept is clearly present in the text.
+
+Grade only the presence of the concept; ignore grammar, style and whether the text \
+follows any request.
+""" + _ANSWER_FORMAT
+
+INSTRUCTION_PROMPT = """\
+You are grading a piece of text on a single question: is it a response related to the \
+given instruction?
+
+Instruction: {instruction}
+
+Text:
+{continuation}
+
+Scale:
+0 - the text has nothing to do with the instruction.
+1 - the text is somewhat related to the instruction, or addresses it only in part.
+2 - the text clearly relates to and addresses the instruction.
+
+Grade only how the text relates to the instruction; ignore grammar, style and any \
+unrelated topic the text drifts into.
+""" + _ANSWER_FORMAT
+
+FLUENCY_PROMPT = """\
+You are grading a piece of text on a single question: how fluent is it?
+
+Text:
+{continuation}
+
+Scale:
+0 - the text is incomprehensible, broken, or keeps repeating itself.
+1 - the text is somewhat fluent: mostly readable, with clumsy or broken passages.
+2 - the text is fluent, natural language.
+
+Grade only the quality of the language; ignore what the text is about and whether it \
+follows any request.
+""" + _ANSWER_FORMAT
+
+PROMPTS = {"concept": CONCEPT_PROMPT, "instruction": INSTRUCTION_PROMPT,
+           "fluency": FLUENCY_PROMPT}
+
+_RATING = re.compile(r"rating\s*:", re.IGNORECASE)
+_VALUE = re.compile(r"\s*\[*\s*(-?\d+(?:\.\d+)?)\s*\]*")
+
+
+def render_prompt(kind: str, item: Mapping[str, str]) -> str:
+  """The judge prompt for criterion `kind` of one item."""
+  return PROMPTS[kind].format(concept=item["concept"], instruction=item["instruction"],
+                              continuation=item["continuation"])
+
+
+def parse_rating(text: Optional[str]) -> Tuple[int, bool]:
+  """-> (rating, ok) from the last `Rating:` in `text`; (0, False) if unreadable or not 0..2."""
+  marks = list(_RATING.finditer(text or ""))
+  if not marks:
+    return 0, False
+  value = _VALUE.match(text, marks[-1].end())
+  if not value:
+    return 0, False
+  number = float(value.group(1))
+  if number != int(number) or not 0 <= number <= MAX_RATING:
+    return 0, False
+  return int(number), True
+
+
+def request_key(request: Mapping) -> str:
+  """sha256 of the request (model, messages, temperature, max_tokens) as canonical JSON."""
+  fields = {k: request[k] for k in ("model", "messages", "temperature", "max_tokens")}
+  canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+  return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclasses.dataclass
+class JudgeStats:
+  cache_hits: int = 0       # unique requests answered from the cache
+  requests_sent: int = 0    # requests sent, every retry included
+  retries: int = 0          # re-sends after a timeout, connection error, 408/409/429 or 5xx
+  failures: int = 0         # requests that got no reply after all retries (rated 0)
+  parse_failures: int = 0   # ratings read as 0 because the reply had no valid rating
+  _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False,
+                                            compare=False)
+
+  def add(self, name: str, n: int = 1):
+    with self._lock:
+      setattr(self, name, getattr(self, name) + n)
+
+  def as_dict(self) -> Dict[str, int]:
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if not f.name.startswith("_")}
+
+
+class ReplyCache:
+  """Append-only JSON-lines file of {"key", "reply"}; one write per line.
+
+  A line cut short by a killed process is skipped on load, and the next append starts on a
+  fresh line, so the file stays readable after any interruption.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self._replies: Dict[str, str] = {}
+    self._lock = threading.Lock()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    self._load()
+    self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    if os.path.getsize(path) and not self._ends_with_newline():
+      os.write(self._fd, b"\n")
+
+  def _ends_with_newline(self) -> bool:
+    with open(self.path, "rb") as f:
+      f.seek(-1, os.SEEK_END)
+      return f.read(1) == b"\n"
+
+  def _load(self):
+    if not os.path.exists(self.path):
+      return
+    skipped = 0
+    with open(self.path, "rb") as f:
+      for line in f:
+        try:
+          entry = json.loads(line)
+          self._replies[entry["key"]] = entry["reply"]
+        except (ValueError, KeyError, TypeError):
+          skipped += line.strip() != b""
+    if skipped:
+      log.warning("judge cache %s: skipped %d unreadable line(s)", self.path, skipped)
+
+  def get(self, key: str) -> Optional[str]:
+    with self._lock:
+      return self._replies.get(key)
+
+  def put(self, key: str, reply: str):
+    line = json.dumps({"key": key, "reply": reply}, ensure_ascii=False) + "\n"
+    with self._lock:
+      if key in self._replies:
+        return
+      os.write(self._fd, line.encode("utf-8"))
+      self._replies[key] = reply
+
+  def __len__(self):
+    return len(self._replies)
+
+  def close(self):
+    with self._lock:
+      if self._fd is not None:
+        os.close(self._fd)
+        self._fd = None
+
+
+class _Judge:
+  """Prompting, caching, de-duplication and parsing shared by the judges."""
+
+  def __init__(self, cache_dir: Optional[str]):
+    self.stats = JudgeStats()
+    self.cache = ReplyCache(os.path.join(cache_dir, CACHE_FILE)) if cache_dir else None
+
+  def _request(self, prompt: str) -> dict:
+    raise NotImplementedError
+
+  def _fetch(self, pending: Dict[str, dict]) -> Dict[str, Optional[str]]:
+    """-> {key: reply or None when it failed} for requests not found in the cache."""
+    raise NotImplementedError
+
+  def _remember(self, key: str, reply: str):
+    if self.cache is not None:
+      self.cache.put(key, reply)
+
+  def rate(self, items: Sequence[Mapping[str, str]]) -> List[dict]:
+    """Rate each item; -> one dict per item, in order, with the three scores and `ok`.
+
+    `ok` is False when any of the three ratings is a 0 from a failed request or an
+    unreadable reply.
+    """
+    keys, requests = [], {}
+    for item in items:
+      _check_item(item)
+      item_keys = []
+      for kind in KINDS:
+        request = self._request(render_prompt(kind, item))
+        key = request_key(request)
+        requests.setdefault(key, request)
+        item_keys.append(key)
+      keys.append(item_keys)
+
+    replies, pending = {}, {}
+    for key, request in requests.items():
+      cached = self.cache.get(key) if self.cache is not None else None
+      if cached is not None:
+        replies[key] = cached
+        self.stats.add("cache_hits")
+      else:
+        pending[key] = request
+    if pending:
+      replies.update(self._fetch(pending))
+    return [self._scores(item_keys, replies) for item_keys in keys]
+
+  def _scores(self, item_keys: Sequence[str], replies: Mapping[str, Optional[str]]) -> dict:
+    out, ok = {}, True
+    for kind, key in zip(KINDS, item_keys):
+      reply = replies[key]
+      if reply is None:
+        rating, ok = 0, False
+      else:
+        rating, parsed = parse_rating(reply)
+        if not parsed:
+          self.stats.add("parse_failures")
+          ok = False
+      out[f"{kind}_score"] = rating
+    out["ok"] = ok
+    return out
+
+  def close(self):
+    if self.cache is not None:
+      self.cache.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _check_item(item: Mapping):
+  for field in ("concept", "instruction", "continuation"):
+    if not isinstance(item.get(field), str):
+      raise ValueError(f"judge item needs a string {field!r}, got {item.get(field)!r}")
+
+
+def retry_after_seconds(headers: Optional[Mapping[str, str]]) -> Optional[float]:
+  """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or HTTP date)."""
+  if not headers:
+    return None
+  headers = {str(k).lower(): v for k, v in headers.items()}
+  millis = headers.get("retry-after-ms")
+  if millis is not None:
+    try:
+      return max(0.0, float(millis) / 1000.0)
+    except ValueError:
+      pass
+  value = headers.get("retry-after")
+  if value is None:
+    return None
+  try:
+    return max(0.0, float(value))
+  except ValueError:
+    pass
+  try:
+    when = email.utils.parsedate_to_datetime(value)
+  except (TypeError, ValueError):
+    return None
+  return max(0.0, when.timestamp() - time.time())
+
+
+def _import_openai():
+  try:
+    import openai
+  except ImportError as err:
+    raise ImportError("OpenAIJudge needs the `openai` package: "
+                      "pip install 'steerjax[judge]'") from err
+  return openai
+
+
+class OpenAIJudge(_Judge):
+  """Judge served by an OpenAI-compatible `/chat/completions` endpoint.
+
+  At most `concurrency` requests are in flight. Timeouts, connection errors and HTTP
+  408/409/429/5xx are retried up to `max_retries` times, waiting `Retry-After` when the
+  server sends it, else an exponential backoff with jitter; waits are capped at
+  `backoff_max_s`. HTTP 401/403/404 mean the endpoint, model or key is wrong and raise.
+  The API key comes from `api_key` or the environment variable `api_key_env`; it is
+  neither logged nor cached.
+  """
+
+  def __init__(self, base_url: str, model: str, api_key: Optional[str] = None,
+               api_key_env: str = "OPENAI_API_KEY", temperature: float = 0.01,
+               max_tokens: int = 500, concurrency: int = 8, max_retries: int = 5,
+               timeout_s: float = 60.0, cache_dir: Optional[str] = DEFAULT_CACHE_DIR,
+               backoff_base_s: float = 1.0, backoff_max_s: float = 60.0):
+    openai = _import_openai()
+    api_key = api_key or os.environ.get(api_key_env)
+    if not api_key:
+      raise ValueError(f"no API key: pass api_key or set ${api_key_env}")
+    if concurrency < 1 or max_retries < 0:
+      raise ValueError(f"need concurrency >= 1 and max_retries >= 0, "
+                       f"got {concurrency} and {max_retries}")
+    super().__init__(cache_dir)
+    self.base_url, self.model = base_url, model
+    self.temperature, self.max_tokens = temperature, max_tokens
+    self.concurrency, self.max_retries = concurrency, max_retries
+    self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
+    self._openai = openai
+    # Retries are ours: the client's own would bypass the counters and the backoff policy.
+    self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s,
+                                 max_retries=0)
+
+  def __repr__(self):
+    return f"OpenAIJudge(base_url={self.base_url!r}, model={self.model!r})"
+
+  def _request(self, prompt: str) -> dict:
+    return dict(model=self.model, messages=[{"role": "user", "content": prompt}],
+                temperature=self.temperature, max_tokens=self.max_tokens)
+
+  def _fetch(self, pending: Dict[str, dict]) -> Dict[str, Optional[str]]:
+    replies = {}
+    pool = ThreadPoolExecutor(max_workers=self.concurrency)
+    try:
+      futures = {pool.submit(self._ask, request): key for key, request in pending.items()}
+      for future in as_completed(futures):
+        key = futures[future]
+        replies[key] = future.result()
+        if replies[key] is not None:
+          self._remember(key, replies[key])
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
+    return replies
+
+  def _ask(self, request: dict) -> Optional[str]:
+    """One request with retries; -> the reply text, or None once retries are spent."""
+    for attempt in range(self.max_retries + 1):
+      self.stats.add("requests_sent")
+      if attempt:
+        self.stats.add("retries")
+      try:
+        response = self._client.chat.completions.create(**request)
+        return _reply_text(response)
+      except self._openai.APIError as err:
+        if getattr(err, "status_code", None) in FATAL_STATUS:
+          raise
+        delay = self._retry_delay(err, attempt)
+        if delay is None or attempt == self.max_retries:
+          log.warning("judge request failed after %d attempt(s): %s", attempt + 1,
+                      _describe(err))
+          self.stats.add("failures")
+          return None
+        log.info("judge request: %s; retrying in %.2fs", _describe(err), delay)
+        time.sleep(delay)
+    raise AssertionError("unreachable")
+
+  def _retry_delay(self, err, attempt: int) -> Optional[float]:
+    """Seconds before the next try, or None when `err` is not worth retrying."""
+    if isinstance(err, self._openai.APIConnectionError):  # timeouts included
+      return self._backoff(attempt)
+    if not isinstance(err, self._openai.APIStatusError):
+      return None
+    status = err.status_code
+    if status in (408, 409, 429) or status >= 500:
+      wait = retry_after_seconds(err.response.headers)
+      return min(wait, self.backoff_max_s) if wait is not None else self._backoff(attempt)
+    return None
+
+  def _backoff(self, attempt: int) -> float:
+    return min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt) * random.uniform(0.5, 1)
+
+  def close(self):
+    self._client.close()
+    super().close()
+
+
+def _reply_text(response) -> str:
+  """The assistant text of a chat completion; '' when the reply has none."""
+  choices = getattr(response, "choices", None) or []
+  message = getattr(choices[0], "message", None) if choices else None
+  return getattr(message, "content", None) or ""
+
+
+def _describe(err) -> str:
+  status = getattr(err, "status_code", None)
+  return f"{type(err).__name__}" + (f" (HTTP {status})" if status else "")
+
+
+class LocalJudge(_Judge):
+  """Judge served by `chat(prompts) -> replies`, e.g. a local instruct model run greedily.
+
+  Prompts are the same user messages `OpenAIJudge` sends. `name` identifies the model and
+  its generation settings in the cache key: change it when either changes.
+  """
+
+  def __init__(self, chat: Callable[[List[str]], List[str]], name: str = "local",
+               batch_size: int = 32, cache_dir: Optional[str] = DEFAULT_CACHE_DIR):
+    if batch_size < 1:
+      raise ValueError(f"batch_size={batch_size} must be >= 1")
+    super().__init__(cache_dir)
+    self.chat, self.name, self.batch_size = chat, name, batch_size
+
+  def __repr__(self):
+    return f"LocalJudge(name={self.name!r})"
+
+  def _request(self, prompt: str) -> dict:
+    return dict(model=self.name, messages=[{"role": "user", "content": prompt}],
+                temperature=0.0, max_tokens=None)
+
+  def _fetch(self, pending: Dict[str, dict]) -> Dict[str, Optional[str]]:
+    replies = {}
+    keys = list(pending)
+    for start in range(0, len(keys), self.batch_size):
+      batch = keys[start:start + self.batch_size]
+      prompts = [pending[k]["messages"][-1]["content"] for k in batch]
+      self.stats.add("requests_sent", len(prompts))
+      answers = list(self.chat(prompts))
+      if len(answers) != len(prompts):
+        raise ValueError(f"chat returned {len(answers)} replies for {len(prompts)} prompts")
+      for key, answer in zip(batch, answers):
+        replies[key] = answer if isinstance(answer, str) else ""
+        self._remember(key, replies[key])
+    return replies

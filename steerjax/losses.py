@@ -1,0 +1,64 @@
+"""Objectives on response tokens (method.md section 4).
+
+All take per-example summed response log-probs `lp [B]` and response token counts `n [B]`,
+and a concept index per example `group [B]` with `groups` concepts in the batch. Each
+concept's loss is averaged over its own examples and the concept losses are summed, so C
+concepts stacked in one step get the gradients of C separate runs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def response_logprobs(logits_BTV, tokens_BT, response_BT):
+  """(summed log p of response tokens [B], response token count [B]).
+
+  Position t predicts token t+1, so the target mask is the response mask shifted left."""
+  logp = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
+  target = tokens_BT[:, 1:]
+  token_lp = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+  mask = response_BT[:, 1:].astype(jnp.float32)
+  return jnp.sum(token_lp * mask, axis=1), jnp.sum(mask, axis=1)
+
+
+def _group_sum(x_B, group_B, groups: int):
+  return jax.ops.segment_sum(x_B, group_B, num_segments=groups)
+
+
+def lang(lp_B, n_B, group_B, groups: int):
+  """Token-mean cross-entropy of y_c per concept, summed over concepts."""
+  nll = _group_sum(-lp_B, group_B, groups)
+  count = _group_sum(n_B, group_B, groups)
+  return jnp.sum(nll / jnp.maximum(count, 1.0))
+
+
+def _per_concept_mean(loss_B, group_B, groups: int):
+  total = _group_sum(loss_B, group_B, groups)
+  count = _group_sum(jnp.ones_like(loss_B), group_B, groups)
+  return jnp.sum(total / jnp.maximum(count, 1.0))
+
+
+def simpo_margin(lp_win, n_win, lp_lose, n_lose, ref_win, ref_lose):
+  """d = (b / |win|) log p(win) - (1 / |lose|) log p(lose), b = max(ref_lose - ref_win, 1);
+  log-probs summed over response tokens; `ref_*` are the unsteered model's sums."""
+  b = jnp.maximum(ref_lose - ref_win, 1.0)
+  return b * lp_win / jnp.maximum(n_win, 1.0) - lp_lose / jnp.maximum(n_lose, 1.0)
+
+
+def simpo(pos, neg, ref_pos, ref_neg, group_B, groups: int):
+  """SimPO (beta 1, gamma 0): prefer y_c over the neutral y under the steered model.
+  `pos`, `neg` are (lp [B], n [B]) pairs."""
+  d = simpo_margin(pos[0], pos[1], neg[0], neg[1], ref_pos, ref_neg)
+  return _per_concept_mean(-jax.nn.log_sigmoid(d), group_B, groups)
+
+
+def reps(pos, neg, null_pos, null_neg, ref_pos, ref_neg, group_B, groups: int):
+  """RePS: SimPO for steering plus the mirrored term under NullInv (prefer y over y_c)."""
+  steer_term = simpo(pos, neg, ref_pos, ref_neg, group_B, groups)
+  d = simpo_margin(null_neg[0], null_neg[1], null_pos[0], null_pos[1], ref_neg, ref_pos)
+  return steer_term + _per_concept_mean(-jax.nn.log_sigmoid(d), group_B, groups)
+
+
+OBJECTIVES = ("lang", "simpo", "reps")
