@@ -77,10 +77,10 @@ def check_compatible(meta: dict, sv: dict, model_cfg, path: str = "SV"):
   if width != model_cfg.dim:
     raise ValueError(f"{path}: SV width {width} does not match the model width {model_cfg.dim} "
                      f"(SV trained for {meta.get('model', '?')})")
+  layer = meta.get("layer")
+  if layer is not None and layer >= model_cfg.n_layers:
+    raise ValueError(f"{path}: SV layer {layer} is beyond this model's {model_cfg.n_layers} blocks")
   want = model_cfg.fingerprint()
   if meta.get("model_fingerprint") not in (None, want):
     raise ValueError(f"{path}: SV was trained for model {meta.get('model', '?')} with config "
                      f"fingerprint {meta['model_fingerprint']}, this model's is {want}")
-  layer = meta.get("layer")
-  if layer is not None and layer >= model_cfg.n_layers:
-    raise ValueError(f"{path}: SV layer {layer} is beyond this model's {model_cfg.n_layers} blocks")

@@ -237,6 +237,15 @@ def initial_sv(opts: TrainOptions, width: int, concept_indices: Sequence[int]):
   return sv
 
 
+def fresh_state(opts: TrainOptions, width: int, concept_indices: Sequence[int],
+                total_steps: int):
+  """The train state before step 0: SVs, optimizer state, step, RNG."""
+  sv = initial_sv(opts, width, concept_indices)
+  tx, _ = optimizer_for(width, opts, total_steps)
+  return {"sv": sv, "opt": tx.init(sv), "step": jnp.zeros((), jnp.int32),
+          "rng": jax.random.PRNGKey(opts.seed + 1)}
+
+
 def _finite(tree) -> bool:
   return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))
 
@@ -264,9 +273,7 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
     total = min(total, opts.max_steps)
   width = model.cfg.dim
   tx, lrs = optimizer_for(width, opts, per_epoch * opts.epochs)
-  sv = initial_sv(opts, width, concept_indices)
-  state = {"sv": sv, "opt": tx.init(sv), "step": jnp.zeros((), jnp.int32),
-           "rng": jax.random.PRNGKey(opts.seed + 1)}
+  state = fresh_state(opts, width, concept_indices, per_epoch * opts.epochs)
   ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   if ckpts.latest_step() is not None:
     state, meta = ckpts.restore(state)

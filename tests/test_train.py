@@ -1,0 +1,157 @@
+"""Training: optimizer rules, concept batching, the prefix cache, width transfer, NaN stops."""
+
+import dataclasses
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from steerjax.data.batching import ConceptData, batch_indices
+from steerjax.models import Decoder, ModelConfig
+from steerjax.optim import label_tree, make_optimizer, scaled_learning_rates
+from steerjax.steering import SteerSpec
+from steerjax.checkpoint import RunCheckpoints
+from steerjax.train import NonFiniteError, TrainOptions, fresh_state, train_concepts
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+from width_transfer import measure  # noqa: E402
+
+CFG = ModelConfig(family="llama", vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2,
+                  head_dim=8, hidden_dim=64, max_seq_len=64, tie_embeddings=True, pad_id=0)
+OPTS = TrainOptions(batch_size=4, epochs=2, beta=1.0, lam=4.0, lr_factor=0.5, lr_direction=0.05,
+                    log_every=100, checkpoint_every=1000)
+quiet = lambda *a, **k: None
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = Decoder(CFG)
+  params = model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"]
+  return model, params
+
+
+def _concepts(n_concepts=3, n=8, seed=0):
+  rng = np.random.default_rng(seed)
+  out = []
+  for c in range(n_concepts):
+    word = 10 + c
+    prompts = [[1] + rng.integers(20, 64, rng.integers(3, 8)).tolist() for _ in range(n)]
+    responses = [[word] + rng.integers(20, 64, 6).tolist() + [word] for _ in range(n)]
+    neutral = [rng.integers(20, 64, 7).tolist() for _ in range(n)]
+    out.append(ConceptData(f"c{c}", prompts, responses, neutral))
+  return out
+
+
+def test_optimizer_rules_cover_every_leaf():
+  with pytest.raises(ValueError, match="'bias' is covered by no optimizer rule"):
+    label_tree({"factor": 1.0, "direction": jnp.zeros(3), "bias": jnp.zeros(3)})
+  lr_f, lr_d = scaled_learning_rates(256, 10.0, 0.04, ref_width=64)
+  assert lr_f == pytest.approx(20.0) and lr_d == pytest.approx(0.02)
+  assert scaled_learning_rates(64, 10.0, 0.04) == (10.0, 0.04)
+
+
+def test_clipping_is_on_direction_only_and_frozen_factor_stays():
+  sv = {"factor": jnp.float32(3.0), "direction": jnp.ones(4)}
+  grads = {"factor": jnp.float32(1e6), "direction": jnp.full(4, 1e6)}
+  tx, _ = make_optimizer(4, lr_factor=1.0, lr_direction=1.0, total_steps=10, b1=0.0, b2=0.0,
+                         eps=0.0)
+  # With Adam's moments off, scale_by_adam returns g / |g|; probe the clip by a plain SGD chain.
+  from steerjax.optim import clip_rows
+  clipped, _ = clip_rows(1.0).update(grads["direction"], None)
+  assert float(jnp.linalg.norm(clipped)) == pytest.approx(1.0)
+  updates, _ = tx.update(grads, tx.init(sv), sv)
+  assert float(updates["factor"]) == pytest.approx(-1.0)
+  frozen, _ = make_optimizer(4, lr_factor=1.0, lr_direction=1.0, total_steps=10,
+                             train_factor=False)
+  updates, _ = frozen.update(grads, frozen.init(sv), sv)
+  assert float(updates["factor"]) == 0.0 and float(jnp.abs(updates["direction"]).sum()) > 0
+
+
+def test_batch_order_is_deterministic_and_covers_each_epoch():
+  seen = np.concatenate([batch_indices(12, 4, seed=3, step=s) for s in range(3)])
+  assert sorted(seen.tolist()) == list(range(12))
+  assert (batch_indices(12, 4, 3, 4) == batch_indices(12, 4, 3, 4)).all()
+  assert not (batch_indices(12, 4, 3, 0) == batch_indices(12, 4, 3, 3)).all()
+
+
+@pytest.mark.parametrize("objective", ["lang", "simpo"])
+def test_concept_batched_training_equals_separate_runs(tiny, tmp_path, objective):
+  model, params = tiny
+  concepts = _concepts()
+  spec = SteerSpec(1, "f2+l2")
+  opts = dataclasses.replace(OPTS, objective=objective)
+  together = train_concepts(model, params, spec, concepts, [0, 1, 2], opts,
+                            str(tmp_path / "all"), log=quiet)
+  for k, c in enumerate(concepts):
+    alone = train_concepts(model, params, spec, [c], [k], opts, str(tmp_path / c.name), log=quiet)
+    for leaf in ("factor", "direction"):
+      np.testing.assert_allclose(together[leaf][k], alone[leaf][0], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(together["direction"][0], together["direction"][1])
+
+
+def _train_both_ways(model, params, spec, concepts, opts, tmp_path):
+  out = {}
+  for mode in ("on", "off"):
+    out[mode] = train_concepts(model, params, spec, concepts, range(len(concepts)),
+                               dataclasses.replace(opts, prefix_cache=mode),
+                               str(tmp_path / mode), log=quiet)
+  return out
+
+
+@pytest.mark.parametrize("objective,positions,n_concepts", [
+    ("lang", "f2+l2", 1), ("lang", "all", 2), ("simpo", "f2+l2", 2), ("simpo", "all", 1)])
+def test_prefix_cache_gives_the_same_svs(tiny, tmp_path, objective, positions, n_concepts):
+  model, params = tiny
+  out = _train_both_ways(model, params, SteerSpec(1, positions), _concepts(n_concepts),
+                         dataclasses.replace(OPTS, objective=objective), tmp_path)
+  for leaf in ("factor", "direction"):
+    np.testing.assert_allclose(out["on"][leaf], out["off"][leaf], rtol=1e-5, atol=1e-6)
+
+
+def test_prefix_cache_on_stories260k(stories, tmp_path):
+  model, params, tok = stories
+  texts = ["Once upon a time there was a girl.", "The sun was hot and the sky was blue.",
+           "Tom had a red ball in the park.", "Mia went to see her friend today."] * 2
+  concepts = [ConceptData("dog", [tok.encode(t, bos=True) for t in texts],
+                          [tok.encode(" The dog barked at the big dog.")] * 8,
+                          [tok.encode(" They played all day.")] * 8)]
+  for objective, positions in (("lang", "f2+l2"), ("simpo", "all")):
+    out = _train_both_ways(model, params, SteerSpec(2, positions), concepts,
+                           dataclasses.replace(OPTS, objective=objective, epochs=1),
+                           tmp_path / objective)
+    for leaf in ("factor", "direction"):
+      np.testing.assert_allclose(out["on"][leaf], out["off"][leaf], rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny, tmp_path):
+  model, params = tiny
+  good = dataclasses.replace(OPTS, epochs=4, max_steps=3, checkpoint_every=2, log_every=1)
+  train_concepts(model, params, SteerSpec(1, "all"), _concepts(1), [0], good, str(tmp_path),
+                 log=quiet)
+  ckpts = RunCheckpoints(str(tmp_path / "checkpoints"))
+  assert ckpts.latest_step() == 2
+  broken = dataclasses.replace(good, max_steps=0, lr_factor=float("nan"))
+  with pytest.raises(NonFiniteError, match=r"last good checkpoint \(step 2\)"):
+    train_concepts(model, params, SteerSpec(1, "all"), _concepts(1), [0], broken,
+                   str(tmp_path), log=quiet)
+  assert ckpts.latest_step() == 2
+  state, _ = ckpts.restore(fresh_state(good, CFG.dim, [0], total_steps=8))
+  assert int(state["step"]) == 2
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["sv"]))
+
+
+def test_width_transfer_under_mup_scaling():
+  widths = (64, 256, 1024)   # the full sweep 64..1024 is in docs/width_transfer.png
+  scaled = measure(widths, scaled=True)
+  equal = measure(widths, scaled=False)
+  init = [r["init_rms"] for r in scaled]
+  step = [r["step_rms"] for r in scaled]
+  assert max(init) / min(init) < 2.0
+  assert max(step) / min(step) < 2.0
+  drift = [r["step_rms"] for r in equal]
+  growth = drift[-1] / drift[0]
+  assert 0.5 * 4.0 < growth < 2.0 * 4.0, f"equal learning rates should drift like sqrt(n): {drift}"
