@@ -7,7 +7,7 @@ what runs: `train` (steering vectors only) or `demo` (train, generate, judge, re
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
@@ -30,6 +30,7 @@ def run(config, workdir: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # keep library INFO logs out of the progress output
   os.makedirs(_WORKDIR.value, exist_ok=True)
   run(_CONFIG.value, _WORKDIR.value)
 

@@ -1,0 +1,63 @@
+"""Defaults shared by every config: stories260K, a PrOSV f2+l2 Lang SV, joint training.
+
+  STEERJAX_DATA=../shared/assets python -m steerjax.main --config=configs/base.py --workdir=runs/train
+
+Override any field on the command line, e.g. `--config.steer.positions=all`.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.job = "train"                   # train | demo
+  c.seed = 42
+  c.data_root = ""                  # local data folder; '' = $STEERJAX_DATA, else the hub
+  c.model = ml_collections.ConfigDict(dict(
+      path="stories260K",           # alias, local path (HF dir or llama2.c .bin) or hub id
+      tokenizer="",                 # '' = next to the model
+      dtype="float32",              # float32 | bfloat16 (SVs always stay float32)
+  ))
+  c.steer = ml_collections.ConfigDict(dict(
+      layer=2,                      # 0-based block whose output is edited
+      positions="f2+l2",            # all (FSSV) | prompt | fN | lN | fN+lM (PrOSV)
+      op="add",                     # add | clamp | null
+  ))
+  c.sv = ml_collections.ConfigDict(dict(
+      beta=4.0,                     # factor init: alpha0 = beta * sqrt(width)
+      lam=8.0,                      # direction init size
+      init="normal",                # normal: N(0, lam/n) (paper) | uniform: U(+-lam/sqrt(n)) (code)
+      factor_mode="joint",          # joint | fixed | sampled
+      fixed_factor=1.0,             # alpha in factor_mode=fixed
+      factor_set=tuple(range(2, 21, 2)),  # alphas drawn from in factor_mode=sampled
+  ))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr_factor=10.0,               # factor learning rate at ref_width
+      lr_direction=0.04,            # direction learning rate at ref_width
+      ref_width=0,                  # width the rates were tuned at; 0 = the model's own
+      clip_direction=1.0,           # gradient-norm clip of the direction (0 = off)
+      clip_factor=0.0,              # gradient clip of the factor (0 = off, as the authors ran)
+      schedule="linear",            # linear decay to 0 | constant
+      warmup_steps=0,
+      weight_decay=0.0,
+  ))
+  c.train = ml_collections.ConfigDict(dict(
+      objective="lang",             # lang | simpo | reps
+      batch_size=12,                # examples per concept per step
+      epochs=12,
+      max_steps=0,                  # stop early (0 = all epochs)
+      concepts_per_step=8,          # concepts stacked in one jitted step
+      prefix_cache="auto",          # reuse frozen block outputs across epochs: auto | on | off
+      log_every=24,                 # steps between progress lines
+      checkpoint_every=100,         # steps between Orbax checkpoints
+      tensorboard=False,            # also write TensorBoard scalars (needs tensorboardX)
+  ))
+  c.data = ml_collections.ConfigDict(dict(
+      source="tinystories",
+      concepts=("dog", "rain", "sea", "flower", "ball", "bird", "cat", "tree", "sun", "music"),
+      n_train=72,                   # training pairs per concept
+      n_eval=10,                    # eval prompts per concept (ids 0..4 select, 5..9 test)
+      seed=0,
+      max_stories=0,                # 0 = every story in the source
+  ))
+  return c
