@@ -5,7 +5,7 @@ Text sets, all built from the openings of the local TinyStories stories (first t
   greedy      the unsteered model's greedy continuation of the opening
   mismatched  the real continuation of a different story
   shuffled    the real continuation with its words in random order
-  looped      the first eight words of the real continuation, repeated to the same length
+  looped      the first six words of the real continuation, five times over
 For each set it prints the rating distributions and the measurements behind them, checks the
 fluency thresholds against real vs shuffled text and the relevance rule against real vs
 mismatched continuations, and prints the concept rating's confusion table.
@@ -62,9 +62,8 @@ def shuffle_words(text, rng):
   return " ".join(words)
 
 
-def loop_words(text, size=8):
-  words = text.split()
-  return " ".join((words[:size] * (len(words) // size + 1))[:len(words)])
+def loop_words(text, size=6, times=5):
+  return " ".join(text.split()[:size] * times)
 
 
 def greedy_continuations(model, params, tokenizer, openings, budget, batch_size=64):
@@ -180,7 +179,7 @@ def report(n_stories, real, measured, ratings, confusion, seconds, budget):
            "* `greedy`: the unsteered model's greedy continuation;",
            "* `mismatched`: the real continuation of another story;",
            "* `shuffled`: the real continuation with its words shuffled;",
-           "* `looped`: the real continuation's first eight words repeated to the same length;",
+           "* `looped`: the real continuation's first six words, five times over;",
            f"* `y_c`: the benchmark's {len(ratings['y_c'])} training pairs of all concepts (x, then "
            "the story from the sentence with the concept's first mention), rated for their own "
            "concept.", "", f"Run time {seconds:.0f} s on 2 CPU cores.", ""]
@@ -218,21 +217,27 @@ def _threshold_notes(measured, ratings, t):
   real_nll = percentiles([m["nll"] for m in measured["real"]], (99, 99.9, 100))
   shuf_nll = percentiles([m["nll"] for m in measured["shuffled"]], (0, 1))
   real_rep = percentiles([m["repetition"] for m in measured["real"]], (99, 100))
-  loop_rep = percentiles([m["repetition"] for m in measured["looped"]], (0, 50))
+  loop_rep = percentiles([m["repetition"] for m in measured["looped"]], (0,))
+  greedy_rep = np.array([m["repetition"] for m in measured["greedy"]])
   rel = relevance_detail(measured)
+  real_ok = np.mean([m["nll"] <= t.fluent_nll for m in measured["real"]])
+  shuf_broken = np.mean([m["nll"] > t.broken_nll for m in measured["shuffled"]])
   return ["", "## Why these thresholds", "",
           f"* Fluency, NLL: real continuations reach {real_nll[99]:.2f} nats/token (p99), "
           f"{real_nll[99.9]:.2f} (p99.9) and {real_nll[100]:.2f} (max); shuffled words start at "
-          f"{shuf_nll[0]:.2f} (min), {shuf_nll[1]:.2f} (p1). `fluent_nll = {t.fluent_nll}` lies "
-          f"above the real ones with a margin, `broken_nll = {t.broken_nll}` below every shuffled "
-          "text; text in between gets 1.",
+          f"{shuf_nll[0]:.2f} (min), {shuf_nll[1]:.2f} (p1). With `fluent_nll = {t.fluent_nll}` "
+          f"{pct(real_ok)} of real continuations count as fluent, and with `broken_nll = "
+          f"{t.broken_nll}` {pct(shuf_broken)} of shuffled ones as broken; the gap between "
+          "them gives 1 to text that reads partly wrong.",
           f"* Fluency, repetition: real continuations repeat at most {real_rep[100]:.2f} of their "
-          f"word 3-grams (p99 {real_rep[99]:.2f}); looped texts repeat {loop_rep[0]:.2f} (min) to "
-          f"{loop_rep[50]:.2f} (median) while their NLL often looks fluent, which is why the "
+          f"word 3-grams (p99 {real_rep[99]:.2f}); looped texts repeat {loop_rep[0]:.2f} or more "
+          "while their NLL often looks fluent, which is why the "
           f"repetition measure is there. `fluent_repetition = {t.fluent_repetition}` leaves room "
           f"for a story's own refrains; above `broken_repetition = {t.broken_repetition}` a text "
-          "is a loop. The unsteered model's own greedy text sometimes loops; its fluency row "
-          "shows how often.",
+          "is a loop. The unsteered model's own greedy text sometimes loops: "
+          f"{pct(np.mean(greedy_rep > t.fluent_repetition))} of it repeats more than "
+          f"{t.fluent_repetition} of its 3-grams, {pct(np.mean(greedy_rep > t.broken_repetition))} "
+          f"more than {t.broken_repetition}.",
           f"* Instruction (relevance): {pct(rel['real'][0])} of real continuations share no "
           f"content word with their opening (pronoun-only sentences such as \"She smiled.\"), "
           f"against {pct(rel['mismatched'][0])} of mismatched ones, so word overlap alone would "
@@ -251,8 +256,8 @@ def _confusion_lines(confusion):
   lines = ["", "## Concept rating on real text (counts rated 0 / 1 / 2)", "",
            "`y_c`: the benchmark's training continuations. `with` / `without`: the real "
            "continuation windows above (opening's next tokens), split by whether they use one of "
-           "the concept's words. `without` is all zeros by construction: the rating only sees "
-           "words; it shows no window is rated as showing a concept it does not name.", "",
+           "the concept's words. `without` can only be 0, since the rating sees nothing but the "
+           "words; it is listed for the base rates.", "",
            fmt_row(["concept", "y_c", "with a concept word", "without"]), fmt_row(["---"] * 4)]
   totals = collections.defaultdict(lambda: np.zeros(3, int))
   for name, rows in confusion.items():

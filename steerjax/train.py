@@ -27,7 +27,7 @@ import optax
 
 from steerjax import checkpoint, losses
 from steerjax.data.batching import ConceptData, batch_indices, pack
-from steerjax.optim import make_optimizer
+from steerjax.optim import make_optimizer, scaled_learning_rates
 from steerjax.steering import SteerSpec, edit, init_sv, positions_mask, steer
 
 FACTOR_MODES = ("joint", "fixed", "sampled")
@@ -201,6 +201,7 @@ def train_step(state, model, spec, opts, groups, tx, params, data, idx, group):
   loss, grads = jax.value_and_grad(loss_fn)(
       state["sv"], model, spec, opts, groups, params, data, idx, group, key)
   updates, opt_state = tx.update(grads, state["opt"], state["sv"])
+  updates = {k: u * state["lr"][k] for k, u in updates.items()}
   sv = optax.apply_updates(state["sv"], updates)
   metrics = {"loss": loss,
              "factor": jnp.mean(jnp.abs(sv["factor"])),
@@ -212,15 +213,33 @@ def train_step(state, model, spec, opts, groups, tx, params, data, idx, group):
 
 # --------------------------------------------------------------------------- the loop
 
+def step_options(opts: TrainOptions) -> TrainOptions:
+  """`opts` with the values that only shape the initial state (init sizes, base learning
+  rates, seed) and the loop (logging, checkpoints) set to constants: the compiled step
+  depends on the rest, so sweeps over beta, lam, learning rates and seeds compile once."""
+  return dataclasses.replace(
+      opts, beta=0.0, lam=0.0, direction_init="normal", fixed_factor=0.0, lr_factor=1.0,
+      lr_direction=1.0, ref_width=0, seed=0, max_steps=0, log_every=1, checkpoint_every=1,
+      prefix_cache="auto")
+
+
 @functools.lru_cache(maxsize=32)
-def optimizer_for(width: int, opts: TrainOptions, total_steps: int):
-  """Cached so every concept group of a run shares one optimizer and one compiled step."""
+def _unit_optimizer(width: int, opts: TrainOptions, total_steps: int):
   return make_optimizer(
-      width, lr_factor=opts.lr_factor, lr_direction=opts.lr_direction,
-      total_steps=total_steps, ref_width=opts.ref_width or None,
+      width, lr_factor=1.0, lr_direction=1.0, total_steps=total_steps,
       train_factor=opts.factor_mode == "joint", clip_direction=opts.clip_direction,
       clip_factor=opts.clip_factor, schedule=opts.schedule, warmup_steps=opts.warmup_steps,
-      weight_decay=opts.weight_decay)
+      weight_decay=opts.weight_decay)[0]
+
+
+def optimizer_for(width: int, opts: TrainOptions, total_steps: int):
+  """(tx, base learning rates). `tx` runs at unit learning rate and is shared by every run
+  with the same `step_options`; the train step scales its updates by the width-scaled base
+  rates carried in the state."""
+  lr_f, lr_d = scaled_learning_rates(width, opts.lr_factor, opts.lr_direction,
+                                     opts.ref_width or None)
+  return _unit_optimizer(width, step_options(opts), total_steps), {"factor": lr_f,
+                                                                    "direction": lr_d}
 
 
 def initial_sv(opts: TrainOptions, width: int, concept_indices: Sequence[int]):
@@ -241,9 +260,10 @@ def fresh_state(opts: TrainOptions, width: int, concept_indices: Sequence[int],
                 total_steps: int):
   """The train state before step 0: SVs, optimizer state, step, RNG."""
   sv = initial_sv(opts, width, concept_indices)
-  tx, _ = optimizer_for(width, opts, total_steps)
+  tx, lrs = optimizer_for(width, opts, total_steps)
   return {"sv": sv, "opt": tx.init(sv), "step": jnp.zeros((), jnp.int32),
-          "rng": jax.random.PRNGKey(opts.seed + 1)}
+          "rng": jax.random.PRNGKey(opts.seed + 1),
+          "lr": {k: jnp.float32(v) for k, v in lrs.items()}}
 
 
 def _finite(tree) -> bool:
@@ -273,10 +293,13 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
     total = min(total, opts.max_steps)
   width = model.cfg.dim
   tx, lrs = optimizer_for(width, opts, per_epoch * opts.epochs)
+  step_opts = step_options(opts)
   state = fresh_state(opts, width, concept_indices, per_epoch * opts.epochs)
   ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   if ckpts.latest_step() is not None:
+    lrs_now = state["lr"]
     state, meta = ckpts.restore(state)
+    state["lr"] = lrs_now  # learning rates are settings: the config in force wins
     log(f"{tag}resumed from step {int(state['step'])} ({ckpts.directory})")
   arrays = precompute(model, params, spec, data, opts, log)
 
@@ -291,7 +314,7 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
       f"(lr factor {lrs['factor']:.4g}, lr direction {lrs['direction']:.4g} at width {width})")
   for step in range(start, total):
     idx = np.tile(batch_indices(n, opts.batch_size, opts.seed, step), groups) + offsets
-    state, metrics = train_step(state, model, spec, opts, groups, tx, params, arrays,
+    state, metrics = train_step(state, model, spec, step_opts, groups, tx, params, arrays,
                                 jnp.asarray(idx, jnp.int32), group)
     done = step + 1
     if done % opts.log_every == 0 or done == total or done == start + 1:

@@ -47,8 +47,8 @@ class Thresholds:
 
 THRESHOLDS = Thresholds()
 
-# Function words and story filler that any two TinyStories share; they say nothing about
-# whether a text continues a particular opening.
+# Function words, story filler and the family every story has: any two TinyStories share
+# them, so they say nothing about whether a text continues a particular opening.
 _COMMON_WORDS = frozenset("""
 a about after again all also always am an and any are around as ask asked at away back be
 because been before being big both but by came can come could day days did do does doing
@@ -60,6 +60,7 @@ over own play played playing really said sad saw say says see seen she so some s
 still such than that the their them then there these they thing things think thought this
 those time to told tell too took try tried under until up upon us very want wanted was way we
 went were what when where which while who why will with would yes yet you your
+mom mommy mum mummy mama dad daddy papa friend
 """.split())
 
 
