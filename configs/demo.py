@@ -40,7 +40,10 @@ METHODS = {
 def get_config(arg=None):
   config = base.get_config()
   config.job = "demo"
-  config.data.concepts = ("dog", "rain", "sea")
+  # The concepts with the most training pairs in the local TinyStories excerpt; the hub's
+  # full validation split has 72+ pairs for every concept in steerjax.data.tinystories.
+  config.data.concepts = ("tree", "toy", "sun", "bird")
+  config.data.n_train = 48
   config.optim.ref_width = 2304
   config.methods = tuple(METHODS)
   config.method_overrides = ml_collections.ConfigDict(
@@ -53,7 +56,7 @@ def get_config(arg=None):
       prompt_template="{opening} The story is about {description}.",  # the prompting baseline
   ))
   if arg == "quick":  # a short end-to-end run for tests
-    config.data.concepts = ("dog", "rain")
+    config.data.concepts = ("tree", "toy")
     config.data.n_train = 12
     config.train.epochs = 1
     config.eval.max_new_tokens = 16

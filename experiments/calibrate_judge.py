@@ -180,9 +180,9 @@ def report(n_stories, real, measured, ratings, confusion, seconds, budget):
            "* `mismatched`: the real continuation of another story;",
            "* `shuffled`: the real continuation with its words shuffled;",
            "* `looped`: the real continuation's first six words, five times over;",
-           f"* `y_c`: the benchmark's {len(ratings['y_c'])} training pairs of all concepts (x, then "
-           "the story from the sentence with the concept's first mention), rated for their own "
-           "concept.", "", f"Run time {seconds:.0f} s on 2 CPU cores.", ""]
+           f"* `y_c`: the benchmark's {len(ratings['y_c'])} training pairs of all concepts (x, "
+           "then the story from the sentence with the concept's first mention), rated for "
+           "their own concept.", "", f"Wall time {seconds:.0f} s on a 2-core CPU.", ""]
   lines += _distribution_lines(measured, ratings)
   lines += _threshold_notes(measured, ratings, THRESHOLDS)
   lines += _confusion_lines(confusion)

@@ -65,33 +65,49 @@ def _generate_all(model, params, config, prompts, rng, sv=None, spec=None, conce
   return outs
 
 
-def generations_for(name, config, bundle, bench, svs, rng):
-  """[{concept, instruction_id, factor, prompt, continuation}] of one method."""
+def generations_for(name, config, bundle, bench, svs, rng, opening_suffix: str = ""):
+  """[{concept, instruction_id, factor, prompt, continuation}] of one method. A non-empty
+  `opening_suffix` is appended to every eval opening (the robustness prompts)."""
   model, params, tok = bundle
   names = list(config.data.concepts)
   setup = method_setup(config, name)
   jobs = []   # (concept, instruction id, factor, prompt ids, sv row)
+
+  def opening(c, i):
+    text = bench[c]["eval_text"][i]
+    if opening_suffix:
+      text = text + " " + opening_suffix.format(word=_concept_word(c))
+    if name == "prompting":
+      text = config.eval.prompt_template.format(
+          opening=text, description=tinystories.CONCEPTS[c].description)
+    return text, (tok.encode(text, bos=True) if opening_suffix or name == "prompting"
+                  else bench[c]["eval"][i])
+
+  prompts = {(c, i): opening(c, i) for c in names for i in range(len(bench[c]["eval"]))}
   if setup is None:
     for c in names:
-      for i, x in enumerate(bench[c]["eval"]):
-        if name == "prompting":
-          text = config.eval.prompt_template.format(
-              opening=bench[c]["eval_text"][i], description=tinystories.CONCEPTS[c].description)
-          x = tok.encode(text, bos=True)
-        jobs.append((c, i, None, x, None))
+      for i in range(len(bench[c]["eval"])):
+        jobs.append((c, i, None, prompts[(c, i)][1], None))
     outs = _generate_all(model, params, config, [j[3] for j in jobs], rng)
   else:
     spec, _, grid = setup
     sv, index = _sv_rows(svs, names, grid)
     for c in names:
       for g in (grid or (None,)):
-        for i, x in enumerate(bench[c]["eval"]):
-          jobs.append((c, i, g, x, index[(c, g)]))
+        for i in range(len(bench[c]["eval"])):
+          jobs.append((c, i, g, prompts[(c, i)][1], index[(c, g)]))
     outs = _generate_all(model, params, config, [j[3] for j in jobs], rng, sv=sv, spec=spec,
                          concept_ids=np.asarray([j[4] for j in jobs], np.int32))
+  # The judge rates relevance to the story opening itself, not to added instructions.
   return [{"method": name, "concept": c, "instruction_id": i, "factor": g,
-           "prompt": bench[c]["eval_text"][i], "continuation": tok.decode(out)}
+           "prompt": bench[c]["eval_text"][i], "model_input": prompts[(c, i)][0],
+           "continuation": tok.decode(out)}
           for (c, i, g, _, _), out in zip(jobs, outs)]
+
+
+def _concept_word(concept: str) -> str:
+  """The shortest word of a concept's word set, e.g. 'dog' (for the robustness prompts)."""
+  return min(tinystories.CONCEPTS[concept].words, key=lambda w: (len(w), w))
 
 
 def score_method(name, gens, grid: bool):
@@ -134,6 +150,35 @@ def _plot(rows, methods, path):
   plt.close(fig)
 
 
+def run_method(name, config, workdir, bundle, bench, judge, rng, log=print,
+               opening_suffix: str = "", factor_scale: float = 1.0):
+  """Train (if needed), generate, judge and score one method: (result rows, generations)."""
+  if name not in config.method_overrides:
+    raise ValueError(f"config.methods names {name!r}; known methods: "
+                     f"{sorted(config.method_overrides)}")
+  setup = method_setup(config, name)
+  svs, learned = None, {}
+  if setup is not None:
+    spec, opts, _ = setup
+    log(f"training {name} ({spec.positions}, {opts.objective}, factor {opts.factor_mode})")
+    svs = experiment.train(config, os.path.join(workdir, "methods", name), bundle,
+                           opts=opts, spec=spec, log=log, tag=f"{name} ")
+    learned = {c: float(np.asarray(sv["factor"])) for c, sv in svs.items()}
+    if factor_scale != 1.0:
+      svs = {c: dict(sv, factor=np.asarray(sv["factor"]) * factor_scale) for c, sv in svs.items()}
+  log(f"generating and judging {name}")
+  gens = generations_for(name, config, bundle, bench, svs, rng, opening_suffix)
+  items = [{"concept": g["concept"], "instruction": g["prompt"],
+            "continuation": g["continuation"]} for g in gens]
+  for g, r in zip(gens, judge.rate(items)):
+    g.update({key: int(r[key]) for key in RATINGS})
+  rows = score_method(name, gens, grid=setup is not None and setup[2] is not None)
+  for row in rows:
+    if row["factor"] is None and row["concept"] in learned:
+      row["factor"] = learned[row["concept"]]
+  return rows, gens
+
+
 def run(config, workdir: str, log=print):
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
@@ -144,34 +189,16 @@ def run(config, workdir: str, log=print):
       f"{config.model.path} (width {model.cfg.dim}, layer {config.steer.layer})")
   judge = OfflineJudge(model, params, tok)
   rng = jax.random.PRNGKey(config.seed)
-  rows, samples, learned = [], {}, {}
+  rows, samples = [], {}
   gen_path = os.path.join(workdir, "generations.jsonl")
   open(gen_path, "w").close()
   for k, name in enumerate(config.methods):
-    if name not in config.method_overrides:
-      raise ValueError(f"config.methods names {name!r}; known methods: "
-                       f"{sorted(config.method_overrides)}")
-    setup = method_setup(config, name)
-    svs = None
-    if setup is not None:
-      spec, opts, _ = setup
-      log(f"[{k + 1}/{len(config.methods)}] training {name} ({spec.positions}, "
-          f"{opts.objective}, factor {opts.factor_mode})")
-      svs = experiment.train(config, os.path.join(workdir, "methods", name), bundle,
-                             opts=opts, spec=spec, log=log, tag=f"{name} ")
-      learned[name] = {c: float(np.asarray(sv["factor"])) for c, sv in svs.items()}
-    log(f"[{k + 1}/{len(config.methods)}] generating and judging {name}")
-    gens = generations_for(name, config, bundle, bench, svs, jax.random.fold_in(rng, k))
-    for g, r in zip(gens, judge.rate([{"concept": g["concept"], "instruction": g["prompt"],
-                                        "continuation": g["continuation"]} for g in gens])):
-      g.update({key: int(r[key]) for key in RATINGS})
+    log(f"[{k + 1}/{len(config.methods)}] {name}")
+    method_rows, gens = run_method(name, config, workdir, bundle, bench, judge,
+                                   jax.random.fold_in(rng, k), log)
     with open(gen_path, "a") as f:
       for g in gens:
         f.write(json.dumps(g) + "\n")
-    method_rows = score_method(name, gens, grid=setup is not None and setup[2] is not None)
-    for row in method_rows:
-      if name in learned and row["factor"] is None:
-        row["factor"] = learned[name][row["concept"]]
     rows += method_rows
     samples[name] = gens[:config.eval.samples_shown]
 

@@ -74,3 +74,13 @@ def test_typo_in_override_is_an_error(tmp_path):
   out = subprocess.run(_cmd(tmp_path, "--config.steer.positon=all"), cwd=REPO, env=_env(),
                        capture_output=True, text=True, timeout=300)
   assert out.returncode != 0 and "positon" in out.stderr
+
+
+def test_sample_cli_prints_the_reference_greedy_story():
+  out = subprocess.run(
+      [sys.executable, "-m", "steerjax.sample", "--model=stories260K",
+       "--prompt=Once upon a time", "--max_new_tokens=252", "--temperature=0"],
+      cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  reference = os.path.join(os.environ["STEERJAX_DATA"], "stories260K", "greedy_t0_from_bos.txt")
+  assert out.stdout == open(reference).read()

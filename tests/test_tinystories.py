@@ -42,13 +42,13 @@ def test_local_excerpt_splits_into_stories(local_stories):
 def test_split_rules_on_a_small_text():
   text = ("Once upon a time, there was a cat named Tom. Tom liked milk.\n\n"
           "But then, the milk was gone. Tom was sad. \n\n"          # linking word: same story
-          "He looked everywhere for Tom's milk.\n\n"               # pronoun only: same story
+          "He looked everywhere for Tom's milk.\n\n"               # after "sad. ": same story
           "Anna and Ben are twins. They like to paint.\n\n"         # introduction: new story
-          "\"Look!\" said Anna. Ben looked.\n\n"                     # quote: same story
+          "\"Look!\" said Anna to Ben. Ben waved at Anna and Ben smiled.\n\n"   # quote: same story
           "Long ago, a king lived in a castle.\n\n")                # classic opener: new story
   stories = ts.split_stories(text)
   assert [s.split()[0] for s in stories] == ["Once", "Anna", "Long"]
-  assert stories[0].count("\n\n") == 2
+  assert stories[0].count("\n\n") == 2 and stories[1].count("\n\n") == 1
 
 
 def test_missing_local_file_goes_to_the_hub(tmp_path, monkeypatch):
@@ -121,7 +121,8 @@ def test_benchmark_is_deterministic_given_the_seed(bench, local_stories, stories
 
 def test_too_few_stories_is_a_clear_error(local_stories, stories):
   _, _, tokenizer = stories
-  with pytest.raises(ValueError, match=r"concept 'dog': found \d+ training pairs \(asked n_train=500\)"):
+  too_many = r"concept 'dog': found \d+ training pairs \(asked n_train=500\)"
+  with pytest.raises(ValueError, match=too_many):
     ts.build_benchmark(local_stories, tokenizer, ["dog"], n_train=500)
   with pytest.raises(ValueError, match="unknown concept 'unicorn'"):
     ts.build_benchmark(local_stories, tokenizer, ["unicorn"])
@@ -132,13 +133,15 @@ def test_too_few_stories_is_a_clear_error(local_stories, stories):
 
 
 def test_neutral_responses_are_the_models_greedy_text(bench, stories):
-  model, params, _ = stories
-  pairs = bench["dog"]["train"][:5]
-  neutral = ts.neutral_responses(model, params, pairs, batch_size=4)   # two batches, one padded
+  model, params, tokenizer = stories
+  # Prompts of one length and batches of one size: every call reuses one compiled program.
+  pairs = [(x[:24], y) for x, y in bench["dog"]["train"][:5]]
+  neutral = ts.neutral_responses(model, params, pairs, batch_size=3)   # the last batch padded
   assert len(neutral) == 5
-  for (x_ids, y_ids), y in zip(pairs, neutral):
-    assert 0 < len(y) <= len(y_ids) and 2 not in y
-  alone = generate(model, params, [pairs[4][0]], max_new_tokens=len(pairs[4][1]))[0]
+  for (_, y_ids), y in zip(pairs, neutral):
+    assert 0 < len(y) <= len(y_ids) and tokenizer.eos_id not in y
+  x, y_ids = pairs[4]
+  alone = generate(model, params, [x] * 3, max_new_tokens=len(y_ids))[0]
   assert neutral[4] == alone
 
 
@@ -162,7 +165,7 @@ TEXTS = {
 }
 EXPECTED = {   # concept, instruction, fluency
     "dog story": (2, 2, 2), "one puppy": (1, 2, 2), "park story": (0, 2, 2),
-    "shuffled": (0, 2, 0), "unrelated": (0, 0, 1), "loop": (2, 0, 0), "empty": (0, 0, 0),
+    "shuffled": (0, 1, 0), "unrelated": (0, 0, 1), "loop": (2, 0, 0), "empty": (0, 0, 0),
 }
 
 

@@ -12,7 +12,8 @@ steering factor, ids 5..9 are the test). Here every piece is real TinyStories te
          are no concept's training story.
 
 A concept is a small set of lowercase word forms matched as whole words, ignoring case.
-Stories with non-ASCII characters (the dataset's mojibake, e.g. "a\u0302\u20ac\u2122") are left out.
+Stories with non-ASCII characters (the dataset's own mojibake, such as "â€™" for an
+apostrophe) are left out.
 When a concept has fewer usable stories than asked for, `build_benchmark` raises ValueError
 naming the concept and the counts, unless `allow_fewer=True` (then it warns and keeps what
 there is).
@@ -42,6 +43,7 @@ OPENING_SENTENCES = 2        # an eval prompt is a story's first two sentences (
 
 @dataclasses.dataclass(frozen=True)
 class Concept:
+  """A name, a one-line description and the word forms that show the concept."""
   name: str
   description: str
   words: frozenset
@@ -92,7 +94,8 @@ CONCEPTS = {c.name: c for c in [
 # ---------------------------------------------------------------- loading stories
 
 def load_stories(data_root: Optional[str] = None, limit: Optional[int] = None) -> list:
-  """TinyStories validation stories: the local excerpt when the data root has it, else the hub."""
+  """TinyStories validation stories: the local excerpt when the data root has it (split into
+  stories by `split_stories`), else the hub dataset's `text` column."""
   root = paths.data_root(data_root)
   local = os.path.join(root, LOCAL_FILE) if root else None
   if local and os.path.isfile(local):
@@ -129,8 +132,9 @@ _INTRODUCTIONS = tuple(re.compile(p) for p in (
     rf"^(?:One|On a) (?:\w+ )?day,? (?:there (?:was|were|lived) )?(?:a|an|two)\b[^.!?\"]*"
     rf"\bnamed (?P<who>{_NAME})",
     rf"^There (?:was|lived) (?:a|an|two)\b[^.!?\"]*\bnamed (?P<who>{_NAME})"))
-# A quote (plain, curly, or the mojibake "\u00e2\u20ac\u0153") or a linking word continues a story.
-_CONTINUES = re.compile(r"^(?:[\"'(\u201c]|\u00e2|(?:But|And|So|Then|Suddenly|Later|After|When|Finally)\b)")
+# A quote (plain, curly, or the mojibake "â€œ") or a linking word continues a story.
+_CONTINUES = re.compile(
+    r"^(?:[\"'(\u201c]|\u00e2|(?:But|And|So|Then|Suddenly|Later|After|When|Finally)\b)")
 _NOT_NAMES = {"i", "mom", "dad", "mommy", "daddy", "mum", "mummy", "mama", "papa", "grandma",
               "grandpa", "god"}
 

@@ -149,6 +149,7 @@ class OfflineJudge:
 
   def measure(self, items: Sequence[Mapping]) -> list:
     """Per item: mentions, shared_words, nll, nll_without_opening, pmi, repetition, tokens."""
+    concepts = [self.concept(it["concept"]) for it in items]
     openings = [self.tokenizer.encode(it["instruction"], bos=True) for it in items]
     continuations = [self.tokenizer.encode(it["continuation"]) for it in items]
     bos_only = [[self.tokenizer.bos_id]] * len(items)
@@ -158,7 +159,7 @@ class OfflineJudge:
     for i, it in enumerate(items):
       text = it["continuation"]
       out.append({
-          "mentions": self.concept(it["concept"]).mentions(text),
+          "mentions": concepts[i].mentions(text),
           "shared_words": len(content_words(it["instruction"]) & content_words(text)),
           "nll": float(nll[i]), "nll_without_opening": float(nll_alone[i]),
           "pmi": float(nll_alone[i] - nll[i]), "repetition": repetition(text),

@@ -1,0 +1,273 @@
+"""The paper's claims at CPU scale: stories260K steered towards TinyStories concepts.
+
+Studies (each resumable: finished runs are read back from OUT/runs/*.json):
+  main      the main table (method.md section 6 analog): every demo method, every seed
+  heatmap   beta x lr_factor grids of concept and overall score, FSSV and PrOSV, lam 1 and 8
+            (the paper's Figure 3 analog; Lang, 6 epochs as in the paper's ablations)
+  positions the position ablation of method.md section 2 (PrOSV Lang, joint training)
+  utility   held-out TinyStories NLL with the SV on (utility) vs steering score when the
+            opening also says the concept is absent (robustness), FSSV factor x1, x0.8, x0.5
+
+  PYTHONPATH=. STEERJAX_DATA=../shared/assets python experiments/tinystories_study.py \
+      --study=main --seeds=42,43,44 --out=docs/tinystories
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import demo as demo_config  # noqa: E402
+from steerjax import demo, experiment, losses  # noqa: E402
+from steerjax.data import concepts as concept_data  # noqa: E402
+from steerjax.data import tinystories  # noqa: E402
+from steerjax.data.batching import pack  # noqa: E402
+from steerjax.eval import scoring  # noqa: E402
+from steerjax.eval.offline_judge import OfflineJudge  # noqa: E402
+from steerjax.steering import positions_mask, steer  # noqa: E402
+
+POSITIONS = ("all", "prompt", "f2", "l2", "f1+l1", "f4", "l4", "f2+l2", "f8", "l8", "f4+l4")
+BETAS = (1.0, 2.0, 4.0, 8.0)
+LR_FACTORS = (0.1, 1.0, 10.0, 20.0)
+LAMS = (1.0, 8.0)
+ROBUSTNESS_SUFFIX = "There was no {word} anywhere in this story."
+FACTOR_SCALES = (1.0, 0.8, 0.5)
+PROSV = dict(demo_config.METHODS["prosv_lang"])
+
+
+class Study:
+  """Shared model, benchmark, judge and a results folder for one study."""
+
+  def __init__(self, out: str, concepts, log=print):
+    self.out, self.log = out, log
+    self.config = demo_config.get_config()
+    self.config.data.concepts = tuple(concepts)
+    self.bundle = experiment.load_model(self.config)
+    self.bench = concept_data.benchmark(self.config, self.bundle[2])
+    self.judge = OfflineJudge(self.bundle[0], self.bundle[1], self.bundle[2])
+    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+
+  def run(self, key: str, overrides: dict, seed: int, epochs: int = 12, **kw):
+    """Result rows of one (method overrides, seed) run, cached in OUT/runs/KEY.json."""
+    path = os.path.join(self.out, "runs", f"{key}.json")
+    if os.path.exists(path):
+      return json.load(open(path))["rows"]
+    t0 = time.time()
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    config.seed = seed
+    config.train.epochs = epochs
+    config.method_overrides[key] = ml_collections.ConfigDict(overrides)
+    rows, gens = demo.run_method(key, config, os.path.join(self.out, "work", key), self.bundle,
+                                 self.bench, self.judge, jax.random.PRNGKey(seed),
+                                 log=lambda *a: None, **kw)
+    with open(path, "w") as f:
+      json.dump({"overrides": overrides, "seed": seed, "rows": rows,
+                 "samples": gens[:3]}, f, indent=1)
+    self.log(f"  {key}: overall {np.mean([r['overall'] for r in rows]):.3f} "
+             f"concept {np.mean([r['concept_score'] for r in rows]):.3f} "
+             f"fluency {np.mean([r['fluency_score'] for r in rows]):.3f} ({time.time() - t0:.0f} s)")
+    return rows
+
+
+def _mean(rows, key):
+  return float(np.mean([r[key] for r in rows]))
+
+
+def _summarise(results: dict) -> list:
+  """{label: [rows of seed 1, rows of seed 2, ...]} -> table rows with mean +- std over seeds."""
+  table = []
+  for label, per_seed in results.items():
+    row = {"method": label}
+    for key in ("concept_score", "instruction_score", "fluency_score", "overall"):
+      values = [_mean(rows, key) for rows in per_seed]
+      row[key.replace("_score", "")] = f"{np.mean(values):.3f} +- {np.std(values):.3f}"
+    row["seeds"] = len(per_seed)
+    table.append(row)
+  return table
+
+
+def study_main(study: Study, seeds):
+  results = {}
+  for name in demo_config.METHODS:
+    over = dict(demo_config.METHODS[name])
+    results[name] = [study.run(f"main_{name}_s{s}", over, s) for s in seeds]
+  return _summarise(results)
+
+
+def study_positions(study: Study, seeds):
+  results = {}
+  for pos in POSITIONS:
+    over = dict(PROSV, positions=pos)
+    results[pos] = [study.run(f"pos_{pos.replace('+', '_')}_s{s}", over, s, epochs=6)
+                    for s in seeds]
+  return _summarise(results)
+
+
+def study_heatmap(study: Study, seeds):
+  cells = []
+  for positions in ("all", "f2+l2"):
+    for lam in LAMS:
+      for beta in BETAS:
+        for lr in LR_FACTORS:
+          over = dict(PROSV, positions=positions, beta=beta, lam=lam, lr_factor=lr)
+          tag = f"heat_{'fssv' if positions == 'all' else 'prosv'}_lam{lam:g}_b{beta:g}_lr{lr:g}"
+          per_seed = [study.run(f"{tag}_s{s}", over, s, epochs=6) for s in seeds]
+          cells.append({"sv": "FSSV" if positions == "all" else "PrOSV", "lam": lam,
+                        "beta": beta, "lr_factor": lr,
+                        "concept": float(np.mean([_mean(r, "concept_score") for r in per_seed])),
+                        "overall": float(np.mean([_mean(r, "overall") for r in per_seed]))})
+  _plot_heatmaps(cells, os.path.join(study.out, "heatmap.png"))
+  return cells
+
+
+def _plot_heatmaps(cells, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  panels = [(sv, lam, key) for sv in ("FSSV", "PrOSV") for lam in LAMS
+            for key in ("concept", "overall")]
+  fig, axes = plt.subplots(2, 4, figsize=(14, 6.5))
+  for ax, (sv, lam, key) in zip(axes.ravel(), panels):
+    grid = np.zeros((len(BETAS), len(LR_FACTORS)))
+    for c in cells:
+      if c["sv"] == sv and c["lam"] == lam:
+        grid[BETAS.index(c["beta"]), LR_FACTORS.index(c["lr_factor"])] = c[key]
+    ax.imshow(grid, vmin=0, vmax=2 if key == "concept" else 1.2, cmap="viridis", origin="lower")
+    for i in range(len(BETAS)):
+      for j in range(len(LR_FACTORS)):
+        ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(len(LR_FACTORS)), [f"{x:g}" for x in LR_FACTORS])
+    ax.set_yticks(range(len(BETAS)), [f"{x:g}" for x in BETAS])
+    ax.set_xlabel("lr_factor (at ref width 2304)")
+    ax.set_ylabel("beta")
+    ax.set_title(f"{sv}, lam={lam:g}: {key}", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def heldout_nll(study: Study, svs, spec, n_stories: int = 64, tokens: int = 64) -> float:
+  """Mean per-token NLL of held-out story continuations with each concept's SV on (all
+  concepts averaged); `svs=None` gives the unsteered model."""
+  model, params, tok = study.bundle
+  used = {i for e in study.bench.values() for i in e["train_stories"] + e["eval_stories"]}
+  stories = tinystories.load_stories(study.config.data_root or None)
+  held = [s for i, s in enumerate(stories) if i not in used and s.isascii()][:n_stories]
+  prompts, conts = [], []
+  for s in held:
+    opening = tinystories.story_opening(s, tok)
+    if opening is None:
+      continue
+    rest = s[len(opening["x_text"]):]
+    prompts.append(opening["x_ids"])
+    conts.append(tok.encode(rest)[:tokens])
+  seq = {k: jnp.asarray(v) for k, v in pack(prompts, conts, model.cfg.pad_id).items()}
+  mask = positions_mask(spec.positions, seq["prompt"], seq["valid"]) if spec else None
+
+  @jax.jit
+  def nll(sv):
+    if sv is None:
+      logits = model.apply({"params": params}, seq["tokens"], valid_BT=seq["valid"])
+    else:
+      logits = steer(model.apply, spec)({"params": params}, sv, seq["tokens"], mask,
+                                        valid_BT=seq["valid"])
+    lp, n = losses.response_logprobs(logits, seq["tokens"], seq["response"])
+    return -jnp.sum(lp) / jnp.sum(n)
+
+  if svs is None:
+    return float(nll(None))
+  return float(np.mean([nll({k: jnp.asarray(v) for k, v in sv.items()}) for sv in svs.values()]))
+
+
+def study_utility(study: Study, seeds):
+  rows = []
+  base = heldout_nll(study, None, None)
+  for s in seeds:
+    rows.append({"method": "unsteered", "seed": s, "scale": 1.0, "heldout_nll": base,
+                 "robust_overall": _mean(study.run(f"robust_unsteered_s{s}", {}, s,
+                                                   opening_suffix=ROBUSTNESS_SUFFIX), "overall")})
+  for name in ("prosv_lang", "prosv_simpo", "fssv_lang", "fssv_simpo"):
+    over = dict(demo_config.METHODS[name])
+    scales = FACTOR_SCALES if name.startswith("fssv") else (1.0,)
+    for s in seeds:
+      study.run(f"main_{name}_s{s}", over, s)      # trains (or reuses) the SVs
+      spec, _, _ = demo.method_setup(_with(study.config, name, over), name)
+      svs = experiment.train(_with(study.config, name, over, seed=s),
+                             os.path.join(study.out, "work", f"main_{name}_s{s}", "methods",
+                                          f"main_{name}_s{s}"),
+                             study.bundle, spec=spec,
+                             opts=demo.method_setup(_with(study.config, name, over, seed=s),
+                                                    name)[1], log=lambda *a: None)
+      for scale in scales:
+        scaled = {c: dict(sv, factor=np.asarray(sv["factor"]) * scale) for c, sv in svs.items()}
+        robust = study.run(f"robust_{name}_x{scale:g}_s{s}", over, s,
+                           opening_suffix=ROBUSTNESS_SUFFIX, factor_scale=scale)
+        rows.append({"method": name, "seed": s, "scale": scale,
+                     "heldout_nll": heldout_nll(study, scaled, spec),
+                     "robust_concept": _mean(robust, "concept_score"),
+                     "robust_overall": _mean(robust, "overall")})
+  _plot_utility(rows, os.path.join(study.out, "utility_robustness.png"))
+  return rows
+
+
+def _with(config, name, over, seed=None):
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.method_overrides[name] = ml_collections.ConfigDict(over)
+  if seed is not None:
+    config.seed = seed
+  return config
+
+
+def _plot_utility(rows, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  labels = sorted({(r["method"], r["scale"]) for r in rows})
+  for method, scale in labels:
+    mine = [r for r in rows if r["method"] == method and r["scale"] == scale]
+    x = np.mean([r["heldout_nll"] for r in mine])
+    y = np.mean([r.get("robust_concept", r["robust_overall"]) for r in mine])
+    ax.scatter(x, y, label=f"{method} x{scale:g}")
+  ax.set_xlabel("held-out NLL with the SV on (lower = more utility kept)")
+  ax.set_ylabel("concept score under 'no {concept}' openings")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+STUDIES = {"main": study_main, "positions": study_positions, "heatmap": study_heatmap,
+           "utility": study_utility}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--study", choices=sorted(STUDIES), required=True)
+  parser.add_argument("--seeds", default="42,43,44")
+  parser.add_argument("--concepts", default=",".join(tinystories.CONCEPTS))
+  parser.add_argument("--out", default="docs/tinystories")
+  args = parser.parse_args()
+  seeds = [int(s) for s in args.seeds.split(",")]
+  study = Study(args.out, args.concepts.split(","))
+  t0 = time.time()
+  result = STUDIES[args.study](study, seeds)
+  with open(os.path.join(args.out, f"{args.study}.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  table = scoring.results_table(result)
+  with open(os.path.join(args.out, f"{args.study}.md"), "w") as f:
+    f.write(f"`{' '.join(sys.argv)}` ({time.time() - t0:.0f} s)\n\n{table}\n")
+  print(table)
+
+
+if __name__ == "__main__":
+  main()
