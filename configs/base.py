@@ -7,6 +7,8 @@ Override any field on the command line, e.g. `--config.steer.positions=all`.
 
 import ml_collections
 
+from steerjax.sharding import AXES, DEFAULT_RULES
+
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
@@ -17,6 +19,7 @@ def get_config(arg=None):
       path="stories260K",           # alias, local path (HF dir or llama2.c .bin) or hub id
       tokenizer="",                 # '' = next to the model
       dtype="float32",              # float32 | bfloat16 (SVs always stay float32)
+      remat=False,                  # recompute block activations in the backward pass
   ))
   c.steer = ml_collections.ConfigDict(dict(
       layer=2,                      # 0-based block whose output is edited
@@ -59,5 +62,18 @@ def get_config(arg=None):
       n_eval=10,                    # eval prompts per concept (ids 0..4 select, 5..9 test)
       seed=0,
       max_stories=0,                # 0 = every story in the source
+      prefix_tokens=128,            # longest prompt x (tokens, BOS included)
+      continuation_tokens=64,       # y_c (and the neutral y) cut to this many tokens
+  ))
+  c.mesh = ml_collections.ConfigDict(dict(
+      shape=(),                     # devices per axis of `axes`, one -1 = the rest; () = no mesh
+      axes=AXES,                    # mesh axis names, outer to inner (see steerjax/sharding.py)
+      rules=DEFAULT_RULES,          # ordered (logical axis, mesh axes) pairs; None replicates
+      distributed=ml_collections.ConfigDict(dict(
+          enabled=False,            # jax.distributed.initialize before anything else (multi-host)
+          coordinator_address="",   # host:port of process 0; '' = auto-detect (TPU pod, SLURM)
+          num_processes=0,          # with coordinator_address: total processes
+          process_id=-1,            # with coordinator_address: this process, 0-based
+      )),
   ))
   return c

@@ -37,11 +37,17 @@ from steerjax.steering import positions_mask, steer  # noqa: E402
 
 POSITIONS = ("all", "prompt", "f2", "l2", "f1+l1", "f4", "l4", "f2+l2", "f8", "l8", "f4+l4")
 BETAS = (1.0, 2.0, 4.0, 8.0)
-LR_FACTORS = (0.1, 1.0, 10.0, 20.0)
+LR_FACTORS = (0.1, 1.0, 10.0, 20.0)   # the paper's grid at Gemma-2-2B's width 2304
+TO_WIDTH_64 = (64 / 2304) ** 0.5      # muP rescaling of a factor learning rate to width 64
 LAMS = (1.0, 8.0)
 ROBUSTNESS_SUFFIX = "There was no {word} anywhere in this story."
 FACTOR_SCALES = (1.0, 0.8, 0.5)
 PROSV = dict(demo_config.METHODS["prosv_lang"])
+
+
+# Every concept of steerjax.data.tinystories has at least this many training pairs in the
+# local excerpt at these lengths, so all twelve train together in one stacked step.
+N_TRAIN, BATCH, PREFIX_TOKENS = 12, 6, 96
 
 
 class Study:
@@ -51,6 +57,8 @@ class Study:
     self.out, self.log = out, log
     self.config = demo_config.get_config()
     self.config.data.concepts = tuple(concepts)
+    self.config.data.n_train = N_TRAIN
+    self.config.data.prefix_tokens = PREFIX_TOKENS
     self.bundle = experiment.load_model(self.config)
     self.bench = concept_data.benchmark(self.config, self.bundle[2])
     self.judge = OfflineJudge(self.bundle[0], self.bundle[1], self.bundle[2])
@@ -65,6 +73,8 @@ class Study:
     config = ml_collections.ConfigDict(self.config.to_dict())
     config.seed = seed
     config.train.epochs = epochs
+    if "positions" in overrides:
+      overrides = dict(overrides, batch_size=BATCH)
     config.method_overrides[key] = ml_collections.ConfigDict(overrides)
     rows, gens = demo.run_method(key, config, os.path.join(self.out, "work", key), self.bundle,
                                  self.bench, self.judge, jax.random.PRNGKey(seed),
@@ -118,8 +128,10 @@ def study_heatmap(study: Study, seeds):
     for lam in LAMS:
       for beta in BETAS:
         for lr in LR_FACTORS:
-          over = dict(PROSV, positions=positions, beta=beta, lam=lam, lr_factor=lr)
+          over = dict(PROSV, positions=positions, beta=beta, lam=lam,
+                      lr_factor=lr * TO_WIDTH_64)
           tag = f"heat_{'fssv' if positions == 'all' else 'prosv'}_lam{lam:g}_b{beta:g}_lr{lr:g}"
+          tag = tag.replace(".", "p")
           per_seed = [study.run(f"{tag}_s{s}", over, s, epochs=6) for s in seeds]
           cells.append({"sv": "FSSV" if positions == "all" else "PrOSV", "lam": lam,
                         "beta": beta, "lr_factor": lr,
@@ -209,7 +221,7 @@ def study_utility(study: Study, seeds):
                                                     name)[1], log=lambda *a: None)
       for scale in scales:
         scaled = {c: dict(sv, factor=np.asarray(sv["factor"]) * scale) for c, sv in svs.items()}
-        robust = study.run(f"robust_{name}_x{scale:g}_s{s}", over, s,
+        robust = study.run(f"robust_{name}_x{scale:g}_s{s}".replace(".", "p"), over, s,
                            opening_suffix=ROBUSTNESS_SUFFIX, factor_scale=scale)
         rows.append({"method": name, "seed": s, "scale": scale,
                      "heldout_nll": heldout_nll(study, scaled, spec),

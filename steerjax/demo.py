@@ -26,7 +26,7 @@ from steerjax.steering import SteerSpec
 
 RATINGS = ("concept_score", "instruction_score", "fluency_score")
 _OPTION_KEYS = ("objective", "factor_mode", "beta", "lam", "lr_factor", "lr_direction",
-                "batch_size", "fixed_factor")
+                "batch_size", "fixed_factor", "ref_width", "epochs")
 
 
 def method_setup(config, name):

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from steerjax import checkpoint
+from steerjax import checkpoint, sharding
 from steerjax.data.batching import ConceptData
 from steerjax.models import load, load_tokenizer
 from steerjax.steering import SteerSpec
@@ -25,6 +25,8 @@ def load_model(config):
     raise ValueError(f"config.model.dtype={config.model.dtype!r}; use one of {sorted(DTYPES)}")
   root = config.data_root or None
   model, params = load(config.model.path, DTYPES[config.model.dtype], data_root=root)
+  if config.model.get("remat"):
+    model = model.clone(remat=True)
   tok = load_tokenizer(config.model.tokenizer or config.model.path, data_root=root)
   return model, params, tok
 
@@ -73,15 +75,20 @@ def _tensorboard(config, workdir):
 
 def train(config, workdir: str, model_bundle=None, concepts: Optional[Sequence[ConceptData]] = None,
           opts: Optional[TrainOptions] = None, spec: Optional[SteerSpec] = None, log=print,
-          tag: str = ""):
+          tag: str = "", concept_ids: Optional[Sequence[int]] = None):
   """Train one SV per concept; `concepts_per_step` concepts share each jitted step.
 
   SVs go to `workdir/svs/<concept>.safetensors`, metrics to `workdir/metrics.jsonl`.
   Finished concepts are skipped on a rerun and a killed group resumes from its checkpoint.
+  `concept_ids` (one global id per concept) seed each SV's init and name the group folders,
+  so a run over a different concept range never reuses another group's checkpoint.
   Returns {concept: {"factor", "direction"}}.
   """
   os.makedirs(workdir, exist_ok=True)
+  mesh, rules = sharding.from_config(config)  # (None, None) unless config.mesh.shape is set
   model, params, tok = model_bundle or load_model(config)
+  if mesh is not None:
+    params = sharding.shard_params(params, sharding.param_shardings(model, mesh, rules))
   spec = spec or steer_spec(config)
   opts = opts or train_options(config)
   if concepts is None:
@@ -93,9 +100,14 @@ def train(config, workdir: str, model_bundle=None, concepts: Optional[Sequence[C
             else json.dumps(dict(config), indent=2, default=str))
   per_step = max(1, config.train.concepts_per_step)
   writer = _tensorboard(config, workdir)
+  ids = list(range(len(concepts))) if concept_ids is None else [int(i) for i in concept_ids]
+  if len(ids) != len(concepts):
+    raise ValueError(f"{len(ids)} concept_ids for {len(concepts)} concepts")
   svs = {}
   for start in range(0, len(concepts), per_step):
     group = list(concepts[start:start + per_step])
+    group_ids = ids[start:start + len(group)]
+    folder = f"{start:04d}" if concept_ids is None else f"{group_ids[0]:04d}-{group_ids[-1]:04d}"
     paths = [os.path.join(workdir, "svs", sv_filename(c.name)) for c in group]
     if all(os.path.exists(p) for p in paths):
       log(f"{tag}skipping {[c.name for c in group]}: SVs already in {workdir}/svs")
@@ -104,9 +116,10 @@ def train(config, workdir: str, model_bundle=None, concepts: Optional[Sequence[C
       continue
     label = f"{tag}[{', '.join(c.name for c in group)}] "
     stacked = train_concepts(
-        model, params, spec, group, range(start, start + len(group)), opts,
-        os.path.join(workdir, "groups", f"{start:04d}"), log=log,
-        metrics_path=os.path.join(workdir, "metrics.jsonl"), tag=label, writer=writer)
+        model, params, spec, group, group_ids, opts,
+        os.path.join(workdir, "groups", folder), log=log,
+        metrics_path=os.path.join(workdir, "metrics.jsonl"), tag=label, writer=writer,
+        mesh=mesh, rules=rules)
     for k, (c, p) in enumerate(zip(group, paths)):
       sv = {"factor": stacked["factor"][k], "direction": stacked["direction"][k]}
       checkpoint.save_sv(p, sv, sv_meta(config, model, spec, opts, c.name, sv["factor"]))

@@ -203,7 +203,7 @@ def train_step(state, model, spec, opts, groups, tx, params, data, idx, group):
   updates, opt_state = tx.update(grads, state["opt"], state["sv"])
   updates = {k: u * state["lr"][k] for k, u in updates.items()}
   sv = optax.apply_updates(state["sv"], updates)
-  metrics = {"loss": loss,
+  metrics = {"loss": loss / groups,  # mean per concept; the gradient uses the sum
              "factor": jnp.mean(jnp.abs(sv["factor"])),
              "direction_norm": jnp.mean(jnp.linalg.norm(sv["direction"], axis=-1)),
              "grad_factor": jnp.linalg.norm(grads["factor"]),
@@ -278,9 +278,11 @@ def _fmt_time(seconds: float) -> str:
 def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptData],
                    concept_indices: Sequence[int], opts: TrainOptions, workdir: str,
                    log=print, metrics_path: Optional[str] = None, tag: str = "",
-                   writer=None):
+                   writer=None, mesh=None, rules=None):
   """Train one stacked SV for `concepts` (resuming from `workdir/checkpoints` if present).
 
+  With a `mesh` (and logical-axis `rules`, see steerjax.sharding) the frozen params, the
+  example store and the stacked SV are sharded over it and the step has explicit shardings.
   Returns the final stacked SV as numpy arrays {"factor": [C], "direction": [C, D]}.
   """
   groups = len(concepts)
@@ -301,7 +303,15 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
     state, meta = ckpts.restore(state)
     state["lr"] = lrs_now  # learning rates are settings: the config in force wins
     log(f"{tag}resumed from step {int(state['step'])} ({ckpts.directory})")
+  if mesh is not None:  # shard the frozen params before the prefix-cache pass runs the model
+    from steerjax import sharding
+    params, data = sharding.place_inputs(model, mesh, rules, params, data)
   arrays = precompute(model, params, spec, data, opts, log)
+  step_fn = functools.partial(train_step, model=model, spec=spec, opts=step_opts, groups=groups,
+                              tx=tx)
+  if mesh is not None:
+    step_fn, state, arrays = sharding.shard_train_step(
+        step_fn, mesh, rules, state, params, arrays, groups=groups, rows=groups * opts.batch_size)
 
   # Example index of row b in a stacked batch: concept k's rows come from its own block.
   rows_per_concept = np.repeat(np.arange(groups), opts.batch_size)
@@ -314,8 +324,8 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
       f"(lr factor {lrs['factor']:.4g}, lr direction {lrs['direction']:.4g} at width {width})")
   for step in range(start, total):
     idx = np.tile(batch_indices(n, opts.batch_size, opts.seed, step), groups) + offsets
-    state, metrics = train_step(state, model, spec, step_opts, groups, tx, params, arrays,
-                                jnp.asarray(idx, jnp.int32), group)
+    state, metrics = step_fn(state, params=params, data=arrays, idx=jnp.asarray(idx, jnp.int32),
+                             group=group)
     done = step + 1
     if done % opts.log_every == 0 or done == total or done == start + 1:
       m = {k: float(v) for k, v in metrics.items()}

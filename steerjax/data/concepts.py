@@ -11,10 +11,13 @@ SOURCES = ("tinystories",)
 
 
 @functools.lru_cache(maxsize=4)
-def _tinystories(data_root, concepts, n_train, n_eval, seed, max_stories, tokenizer):
+def _tinystories(data_root, concepts, n_train, n_eval, seed, max_stories, prefix_tokens,
+                 continuation_tokens, tokenizer):
   stories = tinystories.load_stories(data_root or None, limit=max_stories or None)
   return tinystories.build_benchmark(stories, tokenizer, concepts=list(concepts),
-                                     n_train=n_train, n_eval=n_eval, seed=seed)
+                                     n_train=n_train, n_eval=n_eval, seed=seed,
+                                     prefix_tokens=prefix_tokens,
+                                     continuation_tokens=continuation_tokens)
 
 
 def benchmark(config, tokenizer) -> dict:
@@ -23,7 +26,8 @@ def benchmark(config, tokenizer) -> dict:
   if data.source not in SOURCES:
     raise ValueError(f"config.data.source={data.source!r}; expected one of {SOURCES}")
   return _tinystories(config.data_root, tuple(data.concepts), data.n_train, data.n_eval,
-                      data.seed, data.max_stories, tokenizer)
+                      data.seed, data.max_stories, data.prefix_tokens,
+                      data.continuation_tokens, tokenizer)
 
 
 def training_concepts(config, model, params, tokenizer, neutral: bool, log=print) -> list:

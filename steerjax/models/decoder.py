@@ -183,9 +183,13 @@ class Decoder(nn.Module):
   `(out, new_cache)`), and for running a slice of the model, `h_BTD` with `first_layer`
   (start from the site output of block first_layer-1) and `last_layer` with `head=False`
   (stop after block last_layer-1 and return its site output).
+
+  `remat=True` recomputes each block's activations in the backward pass instead of
+  storing them (`nn.remat`); params, outputs and the `residual` site are unchanged.
   """
   cfg: ModelConfig
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, tokens_BT=None, *, valid_BT=None, cache=None, h_BTD=None,
@@ -214,10 +218,11 @@ class Decoder(nn.Module):
 
     stop = cfg.n_layers if last_layer is None else last_layer
     new_k, new_v = [], []
+    block = nn.remat(Block) if self.remat else Block
     for i in range(first_layer, stop):
       sliding = i in cfg.sliding_layers
       kv = None if cache is None else (cache["k"][i], cache["v"][i], cache["index"])
-      h_BTD, (k, v) = Block(cfg, dt, sliding, name=block_name(i))(
+      h_BTD, (k, v) = block(cfg, dt, sliding, name=block_name(i))(
           h_BTD, positions_BT, allowed_local if sliding else allowed_full, kv)
       new_k.append(k)
       new_v.append(v)

@@ -1,0 +1,33 @@
+"""AxBench on Qwen2.5-32B-Instruct, layer 32 (paper Table 2, column Q32B L32).
+
+  python -m experiments.axbench --config=configs/axbench_qwen25_32b.py --workdir=runs/q32b_l32
+
+As in the paper: the first 100 concepts of the Gemma-2-9B L20 Concept500 list and its
+training data, Table 11 values for width 5120, and baseline factor sets {20..200} (training)
+and {20..400} (search). The paper reports no fixed-factor baseline here, so it is not run by
+default (add it with `--config.methods`).
+"""
+
+from configs import axbench_common as common
+
+
+def get_config(arg=None):
+  t11 = common.table11
+  joint = {
+      "fssv_lang": t11("all", "lang", batch=6, beta=1, lr_factor=0.1, lam=1, lr_direction=0.04,
+                       epochs=12),
+      "fssv_simpo": t11("all", "simpo", batch=3, beta=1, lr_factor=0.01, lam=1,
+                        lr_direction=0.04, epochs=12),
+      "prosv_lang": t11("f2+l2", "lang", batch=6, beta=2, lr_factor=10, lam=8,
+                        lr_direction=0.04, epochs=12),
+      "prosv_simpo": t11("f2+l2", "simpo", batch=6, beta=1, lr_factor=10, lam=8,
+                         lr_direction=0.08, epochs=6),
+  }
+  methods = dict(common.baselines(common.QWEN_FACTOR_SET, common.QWEN_GRID, lang_batch=6,
+                                 reps_batch=3), **joint)
+  run = tuple(m for m in common.TABLE_METHODS if m != "fssv_lang_fixed")
+  config = common.make_config("Qwen/Qwen2.5-32B-Instruct", "9b_l20", 32, methods,
+                              num_concepts=100, methods_run=run)
+  config.train.concepts_per_step = 4
+  config.eval.batch_size = 32
+  return config

@@ -1,0 +1,228 @@
+"""AxBench end to end on the local Concept10 data: a tiny random Gemma-2 chat model, a
+loopback judge, every kind of method, and reruns that ask the judge nothing new."""
+
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from axbench_fixtures import (SPECIAL, WRITTEN_REPLY, JudgeServer, build_tiny_gemma_chat,
+                              is_rating_prompt, rating_for)
+from conftest import DATA
+from configs import axbench_gemma2_2b, axbench_gemma2_9b, axbench_qwen25_32b
+from steerjax import experiment
+from steerjax.checkpoint import load_sv
+from steerjax.data import axbench as data
+from steerjax.eval import axbench_eval, scoring
+from steerjax.eval.judge import KINDS, render_prompt
+
+KEY_ENV = "STEERJAX_AXBENCH_TEST_KEY"
+METHODS = ("prosv_simpo", "fssv_lang_sampled", "prompting")
+GRID = (2.0, 8.0, 30.0)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  return build_tiny_gemma_chat(str(tmp_path_factory.mktemp("tiny_gemma_chat")), DATA)
+
+
+def tiny_config(model_dir, cache_dir, server_url=""):
+  """The G2B paper config shrunk: 2 concepts, 6 pairs, 1 epoch, 8 new tokens."""
+  c = axbench_gemma2_2b.get_config()
+  c.model.path, c.model.dtype = model_dir, "float32"
+  c.steer.layer = 0
+  c.data.suite, c.data.num_concepts, c.data.n_train = "concept10", 2, 6
+  c.data.max_response_tokens, c.data.neutral_max_tokens = 16, 8
+  c.eval.max_new_tokens = 8
+  c.train.log_every = 100
+  c.cache_dir = cache_dir
+  c.methods = METHODS
+  for name in METHODS:
+    over = c.method_overrides[name]
+    if "positions" in over:
+      over.batch_size, over.epochs = 3, 1
+  c.method_overrides.fssv_lang_sampled.grid = GRID
+  c.judge.update(base_url=server_url, model="judge-test", api_key_env=KEY_ENV, concurrency=8,
+                 max_retries=1, timeout_s=10.0)
+  return c
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_pipeline_end_to_end_then_reruns_ask_nothing_new(model_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv(KEY_ENV, "sk-axbench-test")
+  work, cache = str(tmp_path / "run"), str(tmp_path / "cache")
+  quiet = lambda *a: None
+  with JudgeServer() as server:
+    config = tiny_config(model_dir, cache, server.url)
+    bundle = experiment.load_model(config)
+    first = axbench_eval.run(config, work, log=quiet, bundle=bundle)
+
+    # What the judge was asked: 3 ratings per generation, 12 neutral y, 2 steering prompts.
+    gens = {"prosv_simpo": 20, "fssv_lang_sampled": 2 * 10 * len(GRID), "prompting": 20}
+    rating_requests = [p for p in server.prompts if is_rating_prompt(p)]
+    assert len(rating_requests) == 3 * sum(gens.values())
+    assert server.requests == len(rating_requests) + 12 + 2
+    assert first["judge"]["requests_sent"] == server.requests
+    assert first["judge"]["failures"] == first["judge"]["parse_failures"] == 0
+    assert first["text_store"] == {"hits": 0, "misses": 14}
+
+    results = first["results_dir"]
+    for name in ("results.md", "summary.csv", "summary.json", "per_concept.csv", "scores.png",
+                 "per_concept.png", "factor_grid.png"):
+      assert os.path.getsize(os.path.join(results, name)) > 0, name
+    table = open(os.path.join(results, "results.md")).read()
+    for name in METHODS:
+      assert f"| {name} | 2 |" in table
+    summary = {s["method"]: s for s in first["methods"]}
+    for name, n in gens.items():
+      assert summary[name]["generations"] == n and summary[name]["judge_calls"] == 3 * n
+      assert summary[name]["ci_low"] <= summary[name]["overall"] <= summary[name]["ci_high"]
+
+    # Ratings are the server's, and the per-concept scores follow the protocol.
+    per_concept = list(csv.DictReader(open(os.path.join(results, "per_concept.csv"))))
+    instructions = data.eval_instructions(data.alpaca_frame(), 1)
+    for name in METHODS:
+      records = [r for cid in (0, 1) for r in read_jsonl(
+          os.path.join(work, "methods", name, "judged", f"{cid:04d}.jsonl"))]
+      for r in records:
+        item = {"concept": r["concept"], "instruction": r["instruction"],
+                "continuation": r["continuation"]}
+        assert [r[f"{k}_score"] for k in KINDS] == [rating_for(render_prompt(k, item))
+                                                    for k in KINDS]
+      assert [r["instruction"] for r in records if r["concept_id"] == 1][:10] == instructions
+      want = (scoring.score_grid(records) if name == "fssv_lang_sampled"
+              else scoring.score_joint(records))
+      got = {int(row["concept_id"]): float(row["overall"]) for row in per_concept
+             if row["method"] == name}
+      assert got == pytest.approx(want)
+      if name == "prompting":
+        assert {r["steering_prompt"] for r in records} == {WRITTEN_REPLY}
+      if name == "prosv_simpo":
+        sv, meta = load_sv(os.path.join(work, "methods", name, "train", "svs", "0001.safetensors"))
+        assert sv["direction"].dtype == np.float32 and meta["positions"] == "f2+l2"
+        assert all(r["factor"] is None for r in records)
+        assert {r["learned_factor"] for r in records if r["concept_id"] == 1} == {
+            float(sv["factor"])}
+
+    # Rerun after losing a trained method and the prompting generations: the SVs are trained
+    # again and sampled again to the same text, so every rating comes from the cache.
+    shutil.rmtree(os.path.join(work, "methods", "prosv_simpo"))
+    shutil.rmtree(os.path.join(work, "methods", "prompting"))
+    asked = server.requests
+    second = axbench_eval.run(config, work, log=quiet, bundle=bundle)
+    assert server.requests == asked
+    assert second["judge"]["requests_sent"] == 0
+    assert second["judge"]["cache_hits"] == 3 * (gens["prosv_simpo"] + gens["prompting"])
+    assert second["text_store"] == {"hits": 14, "misses": 0}
+    assert second["methods"] == first["methods"]
+
+    # A plain rerun finds everything on disk and asks no one anything.
+    third = axbench_eval.run(config, work, log=quiet, bundle=bundle)
+    assert server.requests == asked
+    assert third["judge"]["requests_sent"] == third["judge"]["cache_hits"] == 0
+    assert third["methods"] == first["methods"]
+
+
+def test_alpaca_instructions_follow_pandas_sample():
+  path = os.path.join(DATA, "alpaca_eval", "alpaca_eval.json")
+  reference = pd.read_json(path)
+  alpaca = data.alpaca_frame()
+  assert len(alpaca) == 805
+  for cid in (0, 1, 7, 42, 499):
+    expected = reference.sample(10, random_state=cid)["instruction"].tolist()
+    assert data.eval_instructions(alpaca, cid) == expected
+  assert data.eval_instructions(alpaca, 3) != data.eval_instructions(alpaca, 4)
+
+
+def test_concept10_positives_under_the_chat_template(model_dir):
+  from steerjax.models import load_tokenizer
+  bench = data.load_benchmark("concept10", "2b_l10")
+  assert [c.concept_id for c in bench.concepts] == list(range(10))
+  assert sum(len(p) for p in bench.pairs.values()) == 720
+  assert {len(p) for p in bench.pairs.values()} == {72}
+  concept500 = data.concept_list("concept500", "2b_l10")
+  assert len(concept500) == 500 and concept500[:10] == bench.concepts
+
+  tok = load_tokenizer(model_dir)
+  start_of_turn, end_of_turn = (tok.encode(t)[0] for t in SPECIAL[4:6])
+  (x, y), = bench.pairs[3][:1]
+  prompts, responses = data.tokenize_pairs(tok, [(x, y)], max_response_tokens=128)
+  assert prompts[0][:2] == [tok.bos_id, start_of_turn]
+  assert prompts[0] == tok.encode(f"<bos><start_of_turn>user\n{x.strip()}<end_of_turn>\n"
+                                  "<start_of_turn>model\n")
+  assert end_of_turn in prompts[0] and prompts[0][-1] != tok.eos_id
+  assert responses[0] == tok.encode(y)[:128] and len(responses[0]) == 128
+  assert tok.eos_id not in responses[0]
+
+
+def test_hub_layout_when_the_data_root_lacks_the_files(tmp_path, monkeypatch):
+  import huggingface_hub
+  asked = []
+  local = {("pyvene/axbench-concept10", "9b/l20/train/data.parquet"):
+           "axbench/concept10/prod_9b_l20_v1/generate/train_data.parquet"}
+
+  def fake_download(repo, filename, repo_type=None):
+    asked.append((repo, filename, repo_type))
+    return os.path.join(DATA, local[(repo, filename)])
+
+  monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+  frame = data.train_frame("concept10", "9b_l20", data_root=str(tmp_path))
+  concepts = data.concept_list("concept10", "9b_l20", data_root=str(tmp_path), frame=frame)
+  assert asked == [("pyvene/axbench-concept10", "9b/l20/train/data.parquet", "dataset")]
+  listed = data.concept_list("concept10", "9b_l20")   # from metadata.jsonl
+  assert [(c.concept_id, c.name) for c in concepts] == [(c.concept_id, c.name) for c in listed]
+  with pytest.raises(ValueError, match="same task"):
+    data.positives(frame, data.concept_list("concept10", "2b_l10")[0])
+
+
+def test_neutral_responses_are_made_once_and_reused(tmp_path):
+  calls = []
+  make_ids = lambda prompts: calls.append(("ids", len(prompts))) or [[7] * 20 for _ in prompts]
+  make_text = lambda requests: calls.append(("text", requests)) or ["plain reply"] * len(requests)
+  concepts = data.concept_list("concept10", "2b_l10")[:2]
+  items = [(c, f"instruction {k}", [1, 4, k]) for c in concepts for k in range(3)]
+
+  class Tok:
+    encode = staticmethod(lambda text: [ord(ch) for ch in text])
+
+  path = str(tmp_path / "texts.jsonl")
+  for _ in range(2):
+    store = data.TextStore(path)
+    ys = data.neutral_responses(store, "model", "tiny", items, Tok, 8, make_ids, make_text)
+    assert ys == [[7] * 8] * 6
+    written = data.neutral_responses(store, "judge", "judge-x", items[:2], Tok, 5, make_ids,
+                                     make_text)
+    assert written == [[ord(ch) for ch in "plain"]] * 2
+    store.close()
+  assert calls[0] == ("ids", 6) and calls[1][0] == "text" and len(calls) == 2
+  assert concepts[0].name in calls[1][1][0] and "instruction 0" in calls[1][1][0]
+  assert store.hits == 8 and store.misses == 0
+  store = data.TextStore(path)   # another model name is not served another model's text
+  data.neutral_responses(store, "model", "other", items[:1], Tok, 8, make_ids, make_text)
+  assert calls[-1] == ("ids", 1)
+  store.close()
+
+
+def test_paper_configs_and_their_cost():
+  plan = {r["method"]: r for r in axbench_eval.cost_plan(axbench_gemma2_2b.get_config())}
+  assert plan["prosv_simpo"]["steps_per_sv"] == 12 * 12 and plan["prosv_lang"]["svs"] == 500
+  assert plan["fssv_lang_sampled"]["generations"] == 500 * 10 * 14
+  assert plan["fssv_lang"]["judge_calls"] == 500 * 10 * 3
+  assert plan["prompting"]["judge_calls"] == 500 * 10 * 3 + 500
+  assert plan["neutral y (judge)"]["judge_calls"] == 500 * 72
+  g9b = {r["method"]: r for r in axbench_eval.cost_plan(axbench_gemma2_9b.get_config())}
+  assert g9b["prosv_simpo"]["steps_per_sv"] == 24 * 12 and g9b["fssv_lang"]["steps_per_sv"] == 108
+  qwen = axbench_qwen25_32b.get_config()
+  assert (qwen.data.task, qwen.data.num_concepts, qwen.steer.layer) == ("9b_l20", 100, 32)
+  method = axbench_eval.method_setup(qwen, "fssv_reps_sampled")
+  assert method.opts.factor_set == tuple(range(20, 201, 20)) and max(method.grid) == 400
+  assert method.neutral == "model" and method.opts.objective == "reps"
+  assert axbench_eval.method_setup(qwen, "prosv_simpo").opts.direction_init == "uniform"

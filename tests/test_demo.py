@@ -1,0 +1,40 @@
+"""A short end-to-end run of the demo job (train, generate, judge, report)."""
+
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from configs import demo as demo_config  # noqa: E402
+from steerjax import demo  # noqa: E402
+
+KEYS = {"concept", "method", "concept_score", "instruction_score", "fluency_score", "overall",
+        "factor", "n"}
+
+
+def test_quick_demo_writes_results(tmp_path):
+  config = demo_config.get_config("quick")
+  config.data_root = os.environ["STEERJAX_DATA"]
+  lines = []
+  rows = demo.run(config, str(tmp_path), log=lines.append)
+  assert len(rows) == len(config.methods) * len(config.data.concepts)
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved == rows
+  for row in saved:
+    assert KEYS <= set(row)
+    for key in ("concept_score", "instruction_score", "fluency_score", "overall"):
+      assert 0.0 <= row[key] <= 2.0
+  by_method = {r["method"]: r for r in saved}
+  assert by_method["prosv_lang"]["n"] == 10          # joint: all ten eval prompts
+  assert by_method["fssv_lang_sampled"]["n"] == 5    # grid: test ids 5..9 only
+  assert by_method["fssv_lang_sampled"]["factor"] in demo_config.METHODS[
+      "fssv_lang_sampled"]["grid"]
+  gens = [json.loads(line) for line in open(tmp_path / "generations.jsonl")]
+  sampled = [g for g in gens if g["method"] == "fssv_lang_sampled"]
+  assert len(sampled) == 14 * 10 * 2                 # factors x prompts x concepts
+  assert (tmp_path / "scores.png").stat().st_size > 1000
+  assert os.path.exists(tmp_path / "methods" / "prosv_lang" / "svs" / "tree.safetensors")
+  table = "\n".join(lines)
+  assert "| prosv_lang |" in table and "| unsteered |" in table
