@@ -36,7 +36,7 @@ METHODS = {
                               lam=1.0, lr_direction=0.04, batch_size=12, grid=_GRID_SAMPLED),
     # No training: the model as is, and the concept asked for in the prompt.
     "unsteered": dict(),
-    "prompting": dict(),
+    "prompting": dict(prompt=True),
 }
 
 # The paper's Gemma-2-2B Table 11 values, read at width 2304 and rescaled to width 64.

@@ -3,11 +3,14 @@
 Same Gemma-2 architecture and the same fp32 weights in both frameworks; greedy decoding of
 exactly `--new` tokens (steerjax: no stop ids; transformers: min_new_tokens = max_new_tokens)
 from the same left-padded prompts. Modes: unsteered, PrOSV (f2+l2, prefill only) and FSSV
-(all positions, every decode step). All six variants are interleaved in every round.
+(all positions, every decode step). All nine timed variants (steerjax generate, steerjax
+decode loop alone, transformers generate; three modes each) are interleaved in every round.
 
 Reported: whole-call tokens/s (prefill + decode) for both frameworks, steerjax's decode loop
 alone (the prefill done beforehand), ratios, the first-call compile time of each steerjax
-mode, and how many greedy tokens the two frameworks agree on.
+mode, how many greedy tokens the two frameworks agree on, and XLA's FLOP and byte counts of
+each mode's compiled decode loop relative to the unsteered one (timing noise on a shared
+CPU is larger than the 2% / 5% budgets; the counts are not noisy).
 
   PYTHONPATH=. python experiments/bench_generate.py [--quick] [--out /tmp/bench_generate.json]
 """
@@ -54,6 +57,20 @@ def jax_decode_fn(model, params, prompts, new, sv, positions):
   return run
 
 
+def decode_cost(model, params, prompts, new, sv, positions) -> dict:
+  """XLA's own FLOP and byte counts of steerjax's compiled decode loop for one mode: equal
+  counts mean the loop does the same work, whatever the timing noise of a shared CPU."""
+  spec = None if positions is None else SteerSpec(LAYER, positions)
+  sv = None if spec is None else sv
+  tokens, valid = left_pad(prompts, model.cfg.pad_id)
+  logits, cache = _prefill(model, spec, tokens.shape[1] + new, params, sv, None, tokens, valid)
+  compiled = _decode.lower(model, spec, new, 0.0, 1.0, (), False, params, sv, None, logits, cache,
+                           jax.random.key(0)).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {"flops": float(cost.get("flops", -1)), "bytes": float(cost.get("bytes accessed", -1))}
+
+
 def torch_generate_fn(hf, prompts, new, svt, positions):
   ids, mask = tr.left_pad(prompts)
   sv = None if positions is None else svt
@@ -90,8 +107,10 @@ def run(args):
     t = torch_generate_fn(hf, prompts, args.new, svt, positions)
     outputs[("torch", mode)] = t().tolist()
     fns[f"torch_{mode}"] = t
-  times = bc.interleaved(fns, args.reps, warmup=1)
+  times = bc.interleaved(fns, args.reps, warmup=0, log=print)   # each already ran once
   hook.remove()
+  cost = {mode: decode_cost(model, params, prompts, args.new, sv, positions)
+          for mode, positions in MODES.items()} if args.cost else {}
   med = {k: bc.median(v) for k, v in times.items()}
   tokens = args.batch * args.new
   rows = []
@@ -105,21 +124,29 @@ def run(args):
         "torch_vs_unsteered": t / med["torch_unsteered"] - 1.0,
         "jax_compile_s": max(compile_s[mode] - j, 0.0),
         "agree_tokens": agreement(outputs[("jax", mode)], outputs[("torch", mode)])})
+    if cost:
+      base = cost["unsteered"]
+      rows[-1].update(decode_xla_flops=cost[mode]["flops"], decode_xla_bytes=cost[mode]["bytes"],
+                      decode_flops_vs_unsteered=cost[mode]["flops"] / base["flops"] - 1.0,
+                      decode_bytes_vs_unsteered=cost[mode]["bytes"] / base["bytes"] - 1.0)
   return rows, {k: v for k, v in times.items()}
 
 
 COLUMNS = ["dim", "mode", "jax_tok_s", "torch_tok_s", "speedup", "jax_decode_tok_s",
            "decode_vs_unsteered", "generate_vs_unsteered", "torch_vs_unsteered",
-           "jax_compile_s", "agree_tokens"]
+           "jax_compile_s", "agree_tokens", "decode_flops_vs_unsteered",
+           "decode_bytes_vs_unsteered"]
 
 
 def main():
   p = bc.base_parser(__doc__, "/tmp/bench_generate.json")
-  p.add_argument("--dims", type=int, nargs="+", default=[512, 1024])
+  p.add_argument("--dims", type=int, nargs="+", default=[512])
   p.add_argument("--layers", type=int, default=8)
   p.add_argument("--vocab", type=int, default=bc.VOCAB)
   p.add_argument("--batch", type=int, default=10)
   p.add_argument("--new", type=int, default=128, help="new tokens per prompt")
+  p.add_argument("--no-cost", dest="cost", action="store_false",
+                 help="skip XLA's cost analysis of the decode loops (saves three compiles)")
   args = p.parse_args()
   if args.quick:
     args.dims = [256]

@@ -53,8 +53,8 @@ N_TRAIN, BATCH, PREFIX_TOKENS = 12, 6, 96
 class Study:
   """Shared model, benchmark, judge and a results folder for one study."""
 
-  def __init__(self, out: str, concepts, log=print):
-    self.out, self.log = out, log
+  def __init__(self, out: str, concepts, log=print, cached_only: bool = False):
+    self.out, self.log, self.cached_only = out, log, cached_only
     self.config = demo_config.get_config()
     self.config.data.concepts = tuple(concepts)
     self.config.data.n_train = N_TRAIN
@@ -69,6 +69,8 @@ class Study:
     path = os.path.join(self.out, "runs", f"{key}.json")
     if os.path.exists(path):
       return json.load(open(path))["rows"]
+    if self.cached_only:
+      return None
     t0 = time.time()
     config = ml_collections.ConfigDict(self.config.to_dict())
     config.seed = seed
@@ -90,6 +92,10 @@ class Study:
 
 def _mean(rows, key):
   return float(np.mean([r[key] for r in rows]))
+
+
+def _seed_mean(per_seed, key) -> float:
+  return float(np.mean([_mean(r, key) for r in per_seed])) if per_seed else float("nan")
 
 
 def _summarise(results: dict) -> list:
@@ -133,10 +139,11 @@ def study_heatmap(study: Study, seeds):
           tag = f"heat_{'fssv' if positions == 'all' else 'prosv'}_lam{lam:g}_b{beta:g}_lr{lr:g}"
           tag = tag.replace(".", "p")
           per_seed = [study.run(f"{tag}_s{s}", over, s, epochs=6) for s in seeds]
+          per_seed = [r for r in per_seed if r is not None]   # --cached_only skips missing runs
           cells.append({"sv": "FSSV" if positions == "all" else "PrOSV", "lam": lam,
-                        "beta": beta, "lr_factor": lr,
-                        "concept": float(np.mean([_mean(r, "concept_score") for r in per_seed])),
-                        "overall": float(np.mean([_mean(r, "overall") for r in per_seed]))})
+                        "beta": beta, "lr_factor": lr, "seeds": len(per_seed),
+                        "concept": _seed_mean(per_seed, "concept_score"),
+                        "overall": _seed_mean(per_seed, "overall")})
   _plot_heatmaps(cells, os.path.join(study.out, "heatmap.png"))
   return cells
 
@@ -204,9 +211,10 @@ def study_utility(study: Study, seeds):
   rows = []
   base = heldout_nll(study, None, None)
   for s in seeds:
+    robust = study.run(f"robust_unsteered_s{s}", {}, s, opening_suffix=ROBUSTNESS_SUFFIX)
     rows.append({"method": "unsteered", "seed": s, "scale": 1.0, "heldout_nll": base,
-                 "robust_overall": _mean(study.run(f"robust_unsteered_s{s}", {}, s,
-                                                   opening_suffix=ROBUSTNESS_SUFFIX), "overall")})
+                 "robust_concept": _mean(robust, "concept_score"),
+                 "robust_overall": _mean(robust, "overall")})
   for name in ("prosv_lang", "prosv_simpo", "fssv_lang", "fssv_simpo"):
     over = dict(demo_config.METHODS[name])
     scales = FACTOR_SCALES if name.startswith("fssv") else (1.0,)
@@ -248,7 +256,7 @@ def _plot_utility(rows, path):
   for method, scale in labels:
     mine = [r for r in rows if r["method"] == method and r["scale"] == scale]
     x = np.mean([r["heldout_nll"] for r in mine])
-    y = np.mean([r.get("robust_concept", r["robust_overall"]) for r in mine])
+    y = np.mean([r["robust_concept"] for r in mine])
     ax.scatter(x, y, label=f"{method} x{scale:g}")
   ax.set_xlabel("held-out NLL with the SV on (lower = more utility kept)")
   ax.set_ylabel("concept score under 'no {concept}' openings")
@@ -268,9 +276,11 @@ def main():
   parser.add_argument("--seeds", default="42,43,44")
   parser.add_argument("--concepts", default=",".join(tinystories.CONCEPTS))
   parser.add_argument("--out", default="docs/tinystories")
+  parser.add_argument("--cached_only", action="store_true",
+                      help="summarise the finished runs only (heatmap cells may be missing)")
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
-  study = Study(args.out, args.concepts.split(","))
+  study = Study(args.out, args.concepts.split(","), cached_only=args.cached_only)
   t0 = time.time()
   result = STUDIES[args.study](study, seeds)
   with open(os.path.join(args.out, f"{args.study}.json"), "w") as f:

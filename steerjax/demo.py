@@ -73,14 +73,16 @@ def generations_for(name, config, bundle, bench, svs, rng, opening_suffix: str =
   setup = method_setup(config, name)
   jobs = []   # (concept, instruction id, factor, prompt ids, sv row)
 
+  ask = bool(config.method_overrides[name].get("prompt", False))
+
   def opening(c, i):
     text = bench[c]["eval_text"][i]
     if opening_suffix:
       text = text + " " + opening_suffix.format(word=_concept_word(c))
-    if name == "prompting":
+    if ask:
       text = config.eval.prompt_template.format(
           opening=text, description=tinystories.CONCEPTS[c].description)
-    return text, (tok.encode(text, bos=True) if opening_suffix or name == "prompting"
+    return text, (tok.encode(text, bos=True) if opening_suffix or ask
                   else bench[c]["eval"][i])
 
   prompts = {(c, i): opening(c, i) for c in names for i in range(len(bench[c]["eval"]))}

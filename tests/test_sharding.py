@@ -103,6 +103,16 @@ def test_steering_works_through_remat():
     np.testing.assert_allclose(remat[leaf], plain[leaf], rtol=1e-6, atol=1e-7)
 
 
+def test_config_gives_no_mesh_by_default_and_builds_a_configured_one():
+  from configs import base
+  config = base.get_config()
+  assert sharding.from_config(config) == (None, None)
+  config.mesh.shape = (1, 1, 1, -1)
+  mesh, rules = sharding.from_config(config)
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1, "concept": jax.device_count()}
+  assert rules == sharding.normalize_rules(sharding.DEFAULT_RULES)
+
+
 def _distributed_config(**fields):
   dist = dict(enabled=True, coordinator_address="", num_processes=0, process_id=-1)
   dist.update(fields)
