@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 from steerjax import sharding
-from steerjax.data.batching import ConceptData
 from steerjax.models import Decoder, ModelConfig
 from steerjax.steering import SteerSpec, init_sv, steer
 from steerjax.train import TrainOptions, initial_sv, train_concepts
+from synthetic import synthetic_concepts
 
 CFG = ModelConfig(family="llama", vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
                   head_dim=8, hidden_dim=64, max_seq_len=64, tie_embeddings=False, pad_id=0)
@@ -160,16 +160,7 @@ def test_on_eight_devices(device_checks, name):
   assert device_checks.get(name) == "ok", device_checks.get(name, "check did not run")
 
 
-def _concepts(n_concepts, n=8, seed=0):
-  rng = np.random.default_rng(seed)
-  out = []
-  for c in range(n_concepts):
-    word = 10 + c
-    prompts = [[1] + rng.integers(20, 64, rng.integers(3, 8)).tolist() for _ in range(n)]
-    responses = [[word] + rng.integers(20, 64, 6).tolist() + [word] for _ in range(n)]
-    neutral = [rng.integers(20, 64, 7).tolist() for _ in range(n)]
-    out.append(ConceptData(f"c{c}", prompts, responses, neutral))
-  return out
+_concepts = synthetic_concepts
 
 
 def _metrics(path):

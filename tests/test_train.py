@@ -16,6 +16,7 @@ from steerjax.optim import label_tree, make_optimizer, scaled_learning_rates
 from steerjax.steering import SteerSpec
 from steerjax.checkpoint import RunCheckpoints
 from steerjax.train import NonFiniteError, TrainOptions, fresh_state, train_concepts
+from synthetic import synthetic_concepts
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
 from width_transfer import measure  # noqa: E402
@@ -34,16 +35,7 @@ def tiny():
   return model, params
 
 
-def _concepts(n_concepts=3, n=8, seed=0):
-  rng = np.random.default_rng(seed)
-  out = []
-  for c in range(n_concepts):
-    word = 10 + c
-    prompts = [[1] + rng.integers(20, 64, rng.integers(3, 8)).tolist() for _ in range(n)]
-    responses = [[word] + rng.integers(20, 64, 6).tolist() + [word] for _ in range(n)]
-    neutral = [rng.integers(20, 64, 7).tolist() for _ in range(n)]
-    out.append(ConceptData(f"c{c}", prompts, responses, neutral))
-  return out
+_concepts = synthetic_concepts
 
 
 def test_optimizer_rules_cover_every_leaf():

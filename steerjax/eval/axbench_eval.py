@@ -100,16 +100,7 @@ def ask_writer(judge, prompts: List[str]) -> List[str]:
   Raises when a request failed (uncached, so a rerun asks again); an empty reply is kept."""
   requests = [judge._request(p) for p in prompts]
   keys = [request_key(r) for r in requests]
-  replies, pending = {}, {}
-  for key, request in zip(keys, requests):
-    cached = judge.cache.get(key) if judge.cache is not None else None
-    if cached is not None:
-      replies[key] = cached
-      judge.stats.add("cache_hits")
-    else:
-      pending[key] = request
-  if pending:
-    replies.update(judge._fetch(pending))
+  replies = judge.replies(dict(zip(keys, requests)))
   if any(replies[k] is None for k in keys):
     raise RuntimeError("some requests to the judge model failed after all retries; rerun to "
                        "ask them again (replies that did arrive are cached)")

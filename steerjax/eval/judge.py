@@ -236,6 +236,11 @@ class _Judge:
         item_keys.append(key)
       keys.append(item_keys)
 
+    replies = self.replies(requests)
+    return [self._scores(item_keys, replies) for item_keys in keys]
+
+  def replies(self, requests: Mapping[str, dict]) -> Dict[str, Optional[str]]:
+    """{key: reply} for {key: request}: cached replies first, the rest asked (None = failed)."""
     replies, pending = {}, {}
     for key, request in requests.items():
       cached = self.cache.get(key) if self.cache is not None else None
@@ -246,7 +251,7 @@ class _Judge:
         pending[key] = request
     if pending:
       replies.update(self._fetch(pending))
-    return [self._scores(item_keys, replies) for item_keys in keys]
+    return replies
 
   def _scores(self, item_keys: Sequence[str], replies: Mapping[str, Optional[str]]) -> dict:
     out, ok = {}, True
