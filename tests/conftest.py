@@ -3,7 +3,9 @@
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-os.environ.setdefault("STEERJAX_DATA", os.path.normpath(os.path.join(HERE, "..", "..", "shared", "assets")))
+os.environ.setdefault("STEERJAX_DATA", os.path.join(HERE, "..", "..", "shared", "assets"))
+# Absolute, so subprocesses and tests that change directory read the same data root.
+os.environ["STEERJAX_DATA"] = os.path.abspath(os.environ["STEERJAX_DATA"])
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
