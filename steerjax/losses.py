@@ -12,15 +12,19 @@ import jax
 import jax.numpy as jnp
 
 
+def masked_sum(token_lp_BR, mask_BR):
+  """(summed log p of the masked tokens [B], their count [B])."""
+  mask = mask_BR.astype(jnp.float32)
+  return jnp.sum(token_lp_BR * mask, axis=1), jnp.sum(mask, axis=1)
+
+
 def response_logprobs(logits_BTV, tokens_BT, response_BT):
-  """(summed log p of response tokens [B], response token count [B]).
+  """(summed log p of response tokens [B], response token count [B]) from full logits.
 
   Position t predicts token t+1, so the target mask is the response mask shifted left."""
   logp = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
-  target = tokens_BT[:, 1:]
-  token_lp = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
-  mask = response_BT[:, 1:].astype(jnp.float32)
-  return jnp.sum(token_lp * mask, axis=1), jnp.sum(mask, axis=1)
+  token_lp = jnp.take_along_axis(logp, tokens_BT[:, 1:, None], axis=-1)[..., 0]
+  return masked_sum(token_lp, response_BT[:, 1:])
 
 
 def _group_sum(x_B, group_B, groups: int):

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from steerjax import checkpoint, losses
-from steerjax.data.batching import ConceptData, batch_indices, pack
+from steerjax.data.batching import ConceptData, batch_indices, pack, response_window
 from steerjax.optim import make_optimizer, scaled_learning_rates
 from steerjax.steering import SteerSpec, edit, init_sv, positions_mask, steer
 
@@ -84,7 +84,9 @@ def needs_neutral(objective: str) -> bool:
 
 def prepare_data(concepts: Sequence[ConceptData], objective: str, pad_id: int):
   """Pack every concept's examples into one set of arrays; `offsets[k]` is where concept k
-  starts. Each concept keeps the same number of examples so all share one schedule."""
+  starts. Each concept keeps the same number of examples so all share one schedule.
+  Every set also gets its response window (`batching.response_window`): the loss takes
+  logits only there."""
   n = min(len(c.prompts) for c in concepts)
   if any(len(c.prompts) != n for c in concepts):
     print(f"note: concepts have unequal example counts; using the first {n} of each")
@@ -99,19 +101,25 @@ def prepare_data(concepts: Sequence[ConceptData], objective: str, pad_id: int):
   data = {"pos": pack(prompts, [r for c in concepts for r in c.responses[:n]], pad_id, length)}
   if neutral:
     data["neg"] = pack(prompts, [y for c in concepts for y in c.neutral[:n]], pad_id, length)
+  width = max(int(seq["response"].sum(1).max()) for seq in data.values())
+  for seq in data.values():
+    seq.update(response_window(seq, width))
   return data, n
 
 
 def _forward(model, spec: SteerSpec, op: str, params, sv_B, seq, h=None):
-  """Steered logits of one packed batch `seq`; `sv_B` holds one SV per example."""
+  """Steered log-probs [B, R] of the response window's targets in one packed batch `seq`;
+  `sv_B` holds one SV per example. With `h` (cached block-`layer` outputs) only later
+  blocks run."""
   mask = positions_mask(spec.positions, seq["prompt"], seq["valid"])
   ids = jnp.arange(seq["tokens"].shape[0])
   if h is None:
     return steer(model.apply, dataclasses.replace(spec, op=op))(
-        {"params": params}, sv_B, seq["tokens"], mask, concept_ids=ids, valid_BT=seq["valid"])
+        {"params": params}, sv_B, seq["tokens"], mask, concept_ids=ids, valid_BT=seq["valid"],
+        logits_at=seq["at"], targets=seq["target"])
   h = edit(h, sv_B, mask, op, ids)
   return model.apply({"params": params}, None, valid_BT=seq["valid"], h_BTD=h,
-                     first_layer=spec.layer + 1)
+                     first_layer=spec.layer + 1, logits_at=seq["at"], targets=seq["target"])
 
 
 @functools.partial(jax.jit, static_argnames=("model", "layer"))
@@ -120,9 +128,9 @@ def _site_outputs(model, layer, params, tokens, valid):
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _unsteered_logprobs(model, params, tokens, valid, response):
-  logits = model.apply({"params": params}, tokens, valid_BT=valid)
-  return losses.response_logprobs(logits, tokens, response)[0]
+def _unsteered_logprobs(model, params, tokens, valid, at, target, target_mask):
+  lp = model.apply({"params": params}, tokens, valid_BT=valid, logits_at=at, targets=target)
+  return losses.masked_sum(lp, target_mask)[0]
 
 
 def _in_chunks(fn, arrays: dict, chunk: int):
@@ -144,8 +152,8 @@ def precompute(model, params, spec: SteerSpec, data, opts: TrainOptions, log=pri
     for name in ("pos", "neg"):
       s = out[name]
       out[name]["ref"] = _in_chunks(
-          lambda tokens, valid, response: _unsteered_logprobs(model, params, tokens, valid, response),
-          {"tokens": s["tokens"], "valid": s["valid"], "response": s["response"]}, 64)
+          functools.partial(_unsteered_logprobs, model, params),
+          {k: s[k] for k in ("tokens", "valid", "at", "target", "target_mask")}, 64)
   size = prefix_cache_bytes(model, data)
   use = opts.prefix_cache == "on" or (
       opts.prefix_cache == "auto" and size <= opts.prefix_cache_max_bytes)
@@ -181,8 +189,8 @@ def loss_fn(sv, model, spec: SteerSpec, opts: TrainOptions, groups: int, params,
     factor = choices[jax.random.randint(key, group.shape, 0, len(opts.factor_set))]
   sv_B = {"factor": factor, "direction": sv["direction"][group]}
   pos = _take(data["pos"], idx)
-  lp = lambda seq, op: losses.response_logprobs(
-      _forward(model, spec, op, params, sv_B, seq, seq.get("h")), seq["tokens"], seq["response"])
+  lp = lambda seq, op: losses.masked_sum(
+      _forward(model, spec, op, params, sv_B, seq, seq.get("h")), seq["target_mask"])
   if opts.objective == "lang":
     lp_pos, n_pos = lp(pos, spec.op)
     return losses.lang(lp_pos, n_pos, group, groups)

@@ -92,6 +92,19 @@ def test_fp32_logits_match_transformers(tiny):
   assert max_abs_diff(tiny.forward(tiny.params, tokens), ref) <= FP32_ATOL
 
 
+def test_target_log_probs_at_chosen_positions(tiny):
+  """`logits_at` + `targets` (the training loss's head) equal log_softmax of full logits,
+  through tied/untied heads and Gemma-2's final softcap."""
+  tokens = random_tokens((BATCH, SEQ))
+  at = np.stack([np.arange(3, 11), np.arange(0, 8), np.arange(SEQ - 8, SEQ)]).astype(np.int32)
+  targets = random_tokens(at.shape, seed=5)
+  got = tiny.model.apply({"params": tiny.params}, jnp.asarray(tokens), logits_at=jnp.asarray(at),
+                         targets=jnp.asarray(targets))
+  logp = jax.nn.log_softmax(tiny.forward(tiny.params, tokens), axis=-1)
+  want = np.take_along_axis(np.take_along_axis(logp, at[..., None], 1), targets[..., None], 2)
+  np.testing.assert_allclose(got, want[..., 0], rtol=1e-5, atol=1e-5)
+
+
 def test_left_padded_batch_matches_transformers(tiny):
   """Left padding changes nothing at the real positions: equal to torch given the same
   attention mask, and to the unpadded sequences (placed first, causal junk after them)."""

@@ -119,6 +119,22 @@ def test_prefix_cache_on_stories260k(stories, tmp_path):
       np.testing.assert_allclose(out["on"][leaf], out["off"][leaf], rtol=1e-5, atol=1e-6)
 
 
+def test_response_window_log_probs_equal_full_logits(tiny):
+  """The loss's logits-at-the-response-window path gives the log-probs of full logits."""
+  from steerjax import losses
+  from steerjax.train import _unsteered_logprobs, prepare_data
+  model, params = tiny
+  data, _ = prepare_data(_concepts(2), "simpo", CFG.pad_id)
+  for seq in data.values():
+    assert seq["at"].shape[1] < seq["tokens"].shape[1]
+    got = _unsteered_logprobs(model, params, seq["tokens"], seq["valid"], seq["at"],
+                              seq["target"], seq["target_mask"])
+    full = model.apply({"params": params}, seq["tokens"], valid_BT=seq["valid"])
+    want, count = losses.response_logprobs(full, seq["tokens"], seq["response"])
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_array_equal(seq["target_mask"].sum(1), count)
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny, tmp_path):
   model, params = tiny
   good = dataclasses.replace(OPTS, epochs=4, max_steps=3, checkpoint_every=2, log_every=1)

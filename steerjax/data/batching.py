@@ -50,6 +50,22 @@ def pack(prompts: Sequence, responses: Sequence, pad_id: int, length: Optional[i
   return out
 
 
+def response_window(seq: dict, width: int) -> dict:
+  """Where a loss needs logits: for each example, the `width` positions whose next token is
+  a response token. {at: int[N, width] positions, target: int[N, width] the tokens they
+  predict, target_mask: bool[N, width]} (False past the response end)."""
+  tokens, response = seq["tokens"], seq["response"]
+  N, T = tokens.shape
+  start = np.argmax(response, axis=1)
+  target_pos = start[:, None] + np.arange(width)[None, :]
+  inside = (target_pos < T) & (target_pos >= 1)
+  target_pos = np.clip(target_pos, 1, T - 1)
+  rows = np.arange(N)[:, None]
+  return dict(at=(target_pos - 1).astype(np.int32),
+              target=tokens[rows, target_pos].astype(np.int32),
+              target_mask=inside & response[rows, target_pos])
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 

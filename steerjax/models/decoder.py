@@ -9,7 +9,7 @@ output (HF's `model.layers[i]` output) as the residual-stream site. Intervention
 method through `flax.linen.intercept_methods`; the model itself knows nothing of steering.
 
 The KV cache is explicit and functional: a dict
-  {"k": [L x [B, S, K, E]], "v": [...], "valid": bool[B, S], "index": int32, "next_pos": int32[B]}
+  {"k": [L x [B, K, S, E]], "v": [...], "valid": bool[B, S], "index": int32, "next_pos": int32[B]}
 passed in and returned by `Decoder.__call__`.
 """
 
@@ -67,15 +67,16 @@ def rope_inv_freq(cfg: ModelConfig):
   return jnp.where(is_mid, mid, scaled)
 
 
-def apply_rope(x_BTNE, positions_BT, inv_freq):
-  """Rotate-half RoPE (the HF layout), computed in fp32."""
-  angles = positions_BT[..., None].astype(jnp.float32) * inv_freq  # [B, T, E/2]
-  cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[:, :, None, :]
-  sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[:, :, None, :]
-  x = x_BTNE.astype(jnp.float32)
+def apply_rope(x_BNTE, positions_BT, inv_freq):
+  """Rotate-half RoPE (the HF layout) on head-major `x` [B, ..., T, E], computed in fp32."""
+  angles = positions_BT.astype(jnp.float32)[..., None] * inv_freq  # [B, T, E/2]
+  angles = angles.reshape(angles.shape[:1] + (1,) * (x_BNTE.ndim - 3) + angles.shape[1:])
+  cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)
+  sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)
+  x = x_BNTE.astype(jnp.float32)
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x[..., half:], x[..., :half]], -1)
-  return (x * cos + rotated * sin).astype(x_BTNE.dtype)
+  return (x * cos + rotated * sin).astype(x_BNTE.dtype)
 
 
 def _softcap(x, cap):
@@ -96,34 +97,34 @@ class Attention(nn.Module):
     wk = _param(self, "k", init, (D, K, E), ("embed", "kv_heads", "head_dim"), dt)
     wv = _param(self, "v", init, (D, K, E), ("embed", "kv_heads", "head_dim"), dt)
     wo = _param(self, "o", init, (H, E, D), ("heads", "head_dim", "embed"), dt)
-    q = jnp.einsum("btd,dhe->bthe", x_BTD, wq)
-    k = jnp.einsum("btd,dke->btke", x_BTD, wk)
-    v = jnp.einsum("btd,dke->btke", x_BTD, wv)
+    # Head-major layouts ([B, K, G, T, E], [B, K, S, E]) keep the attention products free
+    # of transposes. Query head h is kv head h // G.
+    G = H // K
+    q = jnp.einsum("btd,dkge->bkgte", x_BTD, wq.reshape(D, K, G, E))
+    k = jnp.einsum("bsd,dke->bkse", x_BTD, wk)
+    v = jnp.einsum("bsd,dke->bkse", x_BTD, wv)
     if cfg.qkv_bias:
       zeros = nn.initializers.zeros
-      q = q + _param(self, "q_bias", zeros, (H, E), ("heads", "head_dim"), dt)
-      k = k + _param(self, "k_bias", zeros, (K, E), ("kv_heads", "head_dim"), dt)
-      v = v + _param(self, "v_bias", zeros, (K, E), ("kv_heads", "head_dim"), dt)
+      q = q + _param(self, "q_bias", zeros, (H, E), ("heads", "head_dim"), dt).reshape(K, G, 1, E)
+      k = k + _param(self, "k_bias", zeros, (K, E), ("kv_heads", "head_dim"), dt)[:, None]
+      v = v + _param(self, "v_bias", zeros, (K, E), ("kv_heads", "head_dim"), dt)[:, None]
     inv_freq = rope_inv_freq(cfg)
     q = apply_rope(q, positions_BT, inv_freq)
     k = apply_rope(k, positions_BT, inv_freq)
 
     if kv_cache is not None:  # write the new keys at the cache index, attend over all slots
       k_cache, v_cache, index = kv_cache
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, index, 0))
+      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, index, 0))
     new_kv = (k, v)
 
-    B, T = x_BTD.shape[:2]
-    G = H // K
-    q = q.reshape(B, T, K, G, E)
     scale = (cfg.query_scale if cfg.query_scale is not None else E) ** -0.5
-    logits = jnp.einsum("btkge,bske->bkgts", q, k.astype(dt)).astype(jnp.float32) * scale
+    logits = jnp.einsum("bkgte,bkse->bkgts", q, k.astype(dt)).astype(jnp.float32) * scale
     logits = _softcap(logits, cfg.attn_softcap)
     logits = jnp.where(allowed_BTS[:, None, None], logits, _NEG)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    out = jnp.einsum("bkgts,bske->btkge", probs, v.astype(dt)).reshape(B, T, H, E)
-    return jnp.einsum("bthe,hed->btd", out, wo), new_kv
+    out = jnp.einsum("bkgts,bkse->bkgte", probs, v.astype(dt))
+    return jnp.einsum("bkgte,kged->btd", out, wo.reshape(K, G, E, D)), new_kv
 
 
 class Mlp(nn.Module):
@@ -182,7 +183,9 @@ class Decoder(nn.Module):
   Optional keywords: `valid_BT` (False at left padding), `cache` (then returns
   `(out, new_cache)`), and for running a slice of the model, `h_BTD` with `first_layer`
   (start from the site output of block first_layer-1) and `last_layer` with `head=False`
-  (stop after block last_layer-1 and return its site output).
+  (stop after block last_layer-1 and return its site output), `logits_at` (int[B, R]
+  positions: logits only there, `[B, R, V]`), and `targets` (int[B, T] or int[B, R] with
+  `logits_at`: return the log-probability of each target token instead of logits).
 
   `remat=True` recomputes each block's activations in the backward pass instead of
   storing them (`nn.remat`); params, outputs and the `residual` site are unchanged.
@@ -193,7 +196,8 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BT=None, *, valid_BT=None, cache=None, h_BTD=None,
-               first_layer: int = 0, last_layer: Optional[int] = None, head: bool = True):
+               first_layer: int = 0, last_layer: Optional[int] = None, head: bool = True,
+               logits_at=None, targets=None):
     cfg, dt = self.cfg, self.dtype
     embedding = _param(self, "embedding", nn.initializers.normal(0.02),
                        (cfg.vocab_size, cfg.dim), ("vocab", "embed"), dt)
@@ -229,14 +233,21 @@ class Decoder(nn.Module):
 
     out = h_BTD
     if head:
+      if logits_at is not None:
+        h_BTD = jnp.take_along_axis(h_BTD, logits_at[..., None], axis=1)
       h_BTD = RMSNorm(cfg, dt, name="final_norm")(h_BTD)
       if cfg.tie_embeddings:
-        out = jnp.einsum("btd,vd->btv", h_BTD, embedding)
+        unembed_VD = embedding
       else:
-        lm_head = _param(self, "lm_head", nn.initializers.normal(0.02),
-                         (cfg.dim, cfg.vocab_size), ("embed", "vocab"), dt)
-        out = h_BTD @ lm_head
-      out = _softcap(out.astype(jnp.float32), cfg.final_softcap)
+        unembed_VD = _param(self, "lm_head", nn.initializers.normal(0.02),
+                            (cfg.dim, cfg.vocab_size), ("embed", "vocab"), dt).T
+      out = _softcap(jnp.einsum("btd,vd->btv", h_BTD, unembed_VD).astype(jnp.float32),
+                     cfg.final_softcap)
+      if targets is not None:
+        # The target's logit from its own unembedding row: no [B, T, V] gather, and a
+        # backward pass that needs only the softmax.
+        picked = jnp.einsum("btd,btd->bt", h_BTD, unembed_VD[targets]).astype(jnp.float32)
+        out = _softcap(picked, cfg.final_softcap) - jax.nn.logsumexp(out, axis=-1)
     if cache is None:
       return out
     new_cache = dict(k=new_k, v=new_v, valid=k_valid, index=cache["index"] + T,
@@ -246,7 +257,7 @@ class Decoder(nn.Module):
 
 def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=jnp.float32):
   """An empty KV cache of `size` slots."""
-  shape = (batch, size, cfg.n_kv_heads, cfg.head_dim)
+  shape = (batch, cfg.n_kv_heads, size, cfg.head_dim)
   return dict(k=[jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)],
               v=[jnp.zeros(shape, dtype) for _ in range(cfg.n_layers)],
               valid=jnp.zeros((batch, size), bool), index=jnp.zeros((), jnp.int32),
