@@ -281,12 +281,13 @@ def head_flops(shape: dict, batch: int, seq: int) -> float:
 
 
 def step_flops(shape: dict, batch: int, seq: int, forward_blocks: int,
-               backward_blocks: int) -> float:
+               backward_blocks: int, head_positions: Optional[int] = None) -> float:
   """Forward through `forward_blocks` blocks and the head, backward (input gradients)
-  through the head and the last `backward_blocks` blocks."""
+  through the head and the last `backward_blocks` blocks. The head runs at
+  `head_positions` positions per sequence (default: all `seq`)."""
   return (forward_blocks * block_flops(shape, batch, seq)
           + backward_blocks * block_backward_flops(shape, batch, seq)
-          + 2 * head_flops(shape, batch, seq))
+          + 2 * head_flops(shape, batch, head_positions or seq))
 
 
 # ---------------------------------------------------------------------------- output

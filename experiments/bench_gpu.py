@@ -73,11 +73,12 @@ def block_flops(cfg, batch, seq, backward=False):
   return dense + attn * (2 if backward else 1)
 
 
-def step_flops(cfg, batch, seq, layer, cached, sequences):
-  """Counted matmul FLOPs of one train step (weights frozen: input gradients only)."""
+def step_flops(cfg, batch, seq, layer, cached, sequences, head_positions):
+  """Counted matmul FLOPs of one train step (weights frozen: input gradients only); the
+  head runs at `head_positions` positions per sequence (the response window)."""
   after = cfg.n_layers - layer - 1
   fwd_blocks = after if cached else cfg.n_layers
-  head = 2 * batch * seq * cfg.dim * cfg.vocab_size
+  head = 2 * batch * head_positions * cfg.dim * cfg.vocab_size
   per_seq = (fwd_blocks * block_flops(cfg, batch, seq)
              + after * block_flops(cfg, batch, seq, backward=True) + 2 * head)
   return sequences * per_seq
@@ -148,7 +149,7 @@ def bench_train(model, params, cfg, args, objective, sv_kind, cache, peak):
   first_s = time.perf_counter() - t0
   med, _ = timed_steps(step, args.steps)
   flops = step_flops(cfg, args.batch, args.seq, args.layer, cache,
-                     2 if objective == "simpo" else 1)
+                     2 if objective == "simpo" else 1, data["pos"]["at"].shape[1])
   return {"objective": objective, "sv": sv_kind, "prefix_cache": cache, "step_ms": med * 1e3,
           "tflops": flops / med / 1e12, "mfu": (flops / med / 1e12 / peak) if peak else None,
           "compile_s": max(first_s - med, 0.0), "precompute_s": pre_s, "loss": loss}

@@ -96,8 +96,10 @@ def bench_case(hf, model, params, shape, layer, objective, sv_kind, args):
   seq = data["pos"]["tokens"].shape[1]
   n_seq = 2 if objective == "simpo" else 1
   L = shape["layers"]
+  window = data["pos"]["at"].shape[1]   # steerjax's head runs at the response window only
   full = n_seq * bc.step_flops(shape, args.batch, seq, L, L - layer - 1)
-  cached = n_seq * bc.step_flops(shape, args.batch, seq, L - layer - 1, L - layer - 1)
+  nocache = n_seq * bc.step_flops(shape, args.batch, seq, L, L - layer - 1, window)
+  cached = n_seq * bc.step_flops(shape, args.batch, seq, L - layer - 1, L - layer - 1, window)
   jax_loss = steppers["jax_nocache"][1]
   return {
       "width": shape["dim"], "objective": objective, "sv": sv_kind, "positions": positions,
@@ -106,9 +108,10 @@ def bench_case(hf, model, params, shape, layer, objective, sv_kind, args):
       "speedup_nocache": med["torch"] / med["jax_nocache"],
       "speedup_cache": med["torch"] / med["jax_cache"],
       "torch_gflops": full / med["torch"] / 1e9,
-      "jax_nocache_gflops": full / med["jax_nocache"] / 1e9,
+      "jax_nocache_gflops": nocache / med["jax_nocache"] / 1e9,
       "jax_cache_gflops": cached / med["jax_cache"] / 1e9,
-      "step_gflop_full": full / 1e9, "step_gflop_cached": cached / 1e9,
+      "step_gflop_full": full / 1e9, "step_gflop_nocache": nocache / 1e9,
+      "step_gflop_cached": cached / 1e9,
       "compile_cache_s": compile_s["jax_cache"], "compile_nocache_s": compile_s["jax_nocache"],
       "precompute_cache_s": steppers["jax_cache"][0].precompute_s,
       "first_loss_torch": torch_first, "first_loss_jax": jax_loss,
