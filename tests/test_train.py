@@ -15,7 +15,9 @@ from steerjax.models import Decoder, ModelConfig
 from steerjax.optim import label_tree, make_optimizer, scaled_learning_rates
 from steerjax.steering import SteerSpec
 from steerjax.checkpoint import RunCheckpoints
-from steerjax.train import NonFiniteError, TrainOptions, fresh_state, train_concepts
+from steerjax import losses
+from steerjax.train import (NonFiniteError, TrainOptions, _unsteered_logprobs, fresh_state,
+                            prepare_data, train_concepts)
 from synthetic import synthetic_concepts
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
@@ -121,8 +123,6 @@ def test_prefix_cache_on_stories260k(stories, tmp_path):
 
 def test_response_window_log_probs_equal_full_logits(tiny):
   """The loss's logits-at-the-response-window path gives the log-probs of full logits."""
-  from steerjax import losses
-  from steerjax.train import _unsteered_logprobs, prepare_data
   model, params = tiny
   data, _ = prepare_data(_concepts(2), "simpo", CFG.pad_id)
   for seq in data.values():
