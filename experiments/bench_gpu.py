@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import bench_common as bc
 from steerjax.data.batching import ConceptData
 from steerjax.generate import generate
 from steerjax.models import Decoder, preset
@@ -64,24 +65,14 @@ def smoke_config(cfg):
                      sliding_layers=(0, 2), max_seq_len=512)
 
 
-def block_flops(cfg, batch, seq, backward=False):
-  """Matmul FLOPs of one block (forward, or input-gradient backward) over [batch, seq]."""
-  d, h, k, e, f = cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.hidden_dim
-  tokens = batch * seq
-  dense = 2 * tokens * d * (2 * h * e + 2 * k * e) + 6 * tokens * d * f
-  attn = 4 * batch * h * seq * seq * e
-  return dense + attn * (2 if backward else 1)
-
-
 def step_flops(cfg, batch, seq, layer, cached, sequences, head_positions):
-  """Counted matmul FLOPs of one train step (weights frozen: input gradients only); the
-  head runs at `head_positions` positions per sequence (the response window)."""
+  """Counted matmul FLOPs of one train step (weights frozen: input gradients only), by the
+  CPU benchmarks' count; the head runs at `head_positions` positions per sequence."""
+  shape = dict(dim=cfg.dim, heads=cfg.n_heads, kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+               hidden=cfg.hidden_dim, vocab=cfg.vocab_size)
   after = cfg.n_layers - layer - 1
-  fwd_blocks = after if cached else cfg.n_layers
-  head = 2 * batch * head_positions * cfg.dim * cfg.vocab_size
-  per_seq = (fwd_blocks * block_flops(cfg, batch, seq)
-             + after * block_flops(cfg, batch, seq, backward=True) + 2 * head)
-  return sequences * per_seq
+  return sequences * bc.step_flops(shape, batch, seq, after if cached else cfg.n_layers, after,
+                                   head_positions)
 
 
 def random_data(cfg, n, seq, seed=0):
