@@ -1,9 +1,9 @@
 """Shared shape of the AxBench configs (paper Table 2 rows; see docs/axbench.md).
 
 Each model config passes its Table 11 rows (`joint`) and its baseline factor sets; every
-method becomes an entry of `config.method_overrides` (keys as in configs/demo.py plus
-`epochs`, `init`, `factor_set` and `neutral`). Methods without `positions` are untrained:
-`prompting` (a steering prompt written by the judge) and `unsteered`.
+method becomes an entry of `config.method_overrides` (keys: steerjax/methods.py). Methods
+without `positions` are untrained: `prompting` (a steering prompt written by the judge)
+and `unsteered`.
 """
 
 import ml_collections
@@ -62,7 +62,8 @@ def make_config(model_path: str, task: str, layer: int, methods: dict, num_conce
   c.train.concepts_per_step = 16
   c.train.log_every = 36
   c.cache_dir = ""                  # neutral responses, steering prompts; '' = ~/.cache/steerjax
-  c.data = ml_collections.ConfigDict(dict(
+  c.data.update(dict(
+      source="axbench",
       suite="concept500",           # concept500 | concept10
       task=task,                    # 2b_l10 | 2b_l20 | 9b_l20 | 9b_l31
       first_concept=0,              # position in the concept list (= concept_id)

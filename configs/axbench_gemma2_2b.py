@@ -1,6 +1,6 @@
 """AxBench Concept500 on Gemma-2-2B-it, layer 10 (paper Table 2, column G2B L10).
 
-  python -m experiments.axbench --config=configs/axbench_gemma2_2b.py --workdir=runs/g2b_l10
+  python -m steerjax.main --config=configs/axbench_gemma2_2b.py --workdir=runs/g2b_l10
 
 Joint methods use the paper's Table 11 values for this model (absolute rates at width 2304).
 """

@@ -1,6 +1,6 @@
 """AxBench Concept500 on Gemma-2-9B-it, layer 20 (paper Table 2, column G9B L20).
 
-  python -m experiments.axbench --config=configs/axbench_gemma2_9b.py --workdir=runs/g9b_l20
+  python -m steerjax.main --config=configs/axbench_gemma2_9b.py --workdir=runs/g9b_l20
 
 Joint methods use the paper's Table 11 values for this model (width 3584). With
 `--config=configs/axbench_gemma2_9b.py:code`, PrOSV SimPO uses the values of the authors'

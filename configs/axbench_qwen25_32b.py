@@ -1,6 +1,6 @@
 """AxBench on Qwen2.5-32B-Instruct, layer 32 (paper Table 2, column Q32B L32).
 
-  python -m experiments.axbench --config=configs/axbench_qwen25_32b.py --workdir=runs/q32b_l32
+  python -m steerjax.main --config=configs/axbench_qwen25_32b.py --workdir=runs/q32b_l32
 
 As in the paper: the first 100 concepts of the Gemma-2-9B L20 Concept500 list and its
 training data, Table 11 values for width 5120, and baseline factor sets {20..200} (training)

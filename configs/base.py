@@ -12,7 +12,7 @@ from steerjax.sharding import AXES, DEFAULT_RULES
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
-  c.job = "train"                   # train | demo
+  c.job = "train"                   # a key of steerjax.jobs.JOBS: train | demo | axbench
   c.seed = 42
   c.data_root = ""                  # local data folder; '' = $STEERJAX_DATA, else the hub
   c.model = ml_collections.ConfigDict(dict(
@@ -56,14 +56,25 @@ def get_config(arg=None):
       tensorboard=False,            # also write TensorBoard scalars (needs tensorboardX)
   ))
   c.data = ml_collections.ConfigDict(dict(
-      source="tinystories",
+      source="tinystories",         # tinystories | axbench | file (see steerjax/data/sources.py)
+      path="",                      # source=file: .jsonl / .parquet rows of concept, prompt,
+                                    #   response and optionally neutral
+      n_train=72,                   # training pairs per concept (axbench, file: 0 = all)
+      max_response_tokens=128,      # axbench, file: y_c (and y) cut to this many tokens
+      neutral="model",              # SimPO/RePS y when the data has none: model (greedy) | judge
+      neutral_max_tokens=128,       # judge/model-written y of the axbench job: at most this long
+      # tinystories
       concepts=("dog", "rain", "sea", "flower", "ball", "bird", "cat", "tree", "sun", "music"),
-      n_train=72,                   # training pairs per concept
       n_eval=10,                    # eval prompts per concept (ids 0..4 select, 5..9 test)
       seed=0,
       max_stories=0,                # 0 = every story in the source
       prefix_tokens=128,            # longest prompt x (tokens, BOS included)
       continuation_tokens=64,       # y_c (and the neutral y) cut to this many tokens
+      # axbench
+      suite="concept500",           # concept500 | concept10
+      task="2b_l10",                # 2b_l10 | 2b_l20 | 9b_l20 | 9b_l31
+      first_concept=0,              # position in the concept list (= concept_id)
+      num_concepts=0,               # 0 = to the end of the list
   ))
   c.mesh = ml_collections.ConfigDict(dict(
       shape=(),                     # devices per axis of `axes`, one -1 = the rest; () = no mesh

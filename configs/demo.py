@@ -18,7 +18,7 @@ from configs import base
 _GRID_FIXED = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 _GRID_SAMPLED = (2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 25, 30, 40, 50)
 
-# name -> overrides of the base config for that method (see steerjax/demo.py).
+# name -> overrides of the base config for that method (keys: steerjax/methods.py).
 METHODS = {
     "prosv_lang": dict(positions="f2+l2", objective="lang", factor_mode="joint",
                        beta=4.0, lam=1.0, lr_factor=1.67, lr_direction=0.04, batch_size=12),
@@ -36,7 +36,7 @@ METHODS = {
                               lam=1.0, lr_direction=0.04, batch_size=12, grid=_GRID_SAMPLED),
     # No training: the model as is, and the concept asked for in the prompt.
     "unsteered": dict(),
-    "prompting": dict(prompt=True),
+    "prompting": dict(kind="prompting"),
 }
 
 # The paper's Gemma-2-2B Table 11 values, read at width 2304 and rescaled to width 64.

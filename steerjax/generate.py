@@ -9,7 +9,7 @@ decode step. Prompt-only specs leave the decode loop exactly the unsteered one.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +57,8 @@ def _forward(model, spec, params, sv, concept_ids, tokens, valid, mask, cache):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "size"))
-def _prefill(model, spec, size, params, sv, concept_ids, tokens, valid):
+def prefill(model, spec, size, params, sv, concept_ids, tokens, valid):
+  """(last-position logits [B, V], KV cache of `size` slots) of left-padded prompts."""
   cache = init_cache(model.cfg, tokens.shape[0], size, model.dtype)
   mask = None if sv is None else positions_mask(spec.positions, valid, valid)
   logits, cache = _forward(model, spec, params, sv, concept_ids, tokens, valid, mask, cache)
@@ -66,9 +67,10 @@ def _prefill(model, spec, size, params, sv, concept_ids, tokens, valid):
 
 @functools.partial(jax.jit, static_argnames=(
     "model", "spec", "steps", "temperature", "top_p", "stop_ids", "keep_logits"))
-def _decode(model, spec, steps, temperature, top_p, stop_ids, keep_logits,
+def decode(model, spec, steps, temperature, top_p, stop_ids, keep_logits,
             params, sv, concept_ids, logits, cache, rng):
-  """Sample `steps` tokens; stops early once every row has emitted a stop id."""
+  """(tokens [B, steps], logits kept or [0], steps run): sample from `logits` on; stops
+  early once every row has emitted a stop id."""
   B = logits.shape[0]
   step_sv = sv if (sv is not None and spec.acts_on_generation) else None
   stops = jnp.asarray(stop_ids or (-1,), jnp.int32)
@@ -136,8 +138,8 @@ def generate(model: Decoder, params, prompts: Sequence[Sequence[int]], *, max_ne
   if concept_ids is not None:
     concept_ids = jnp.asarray(concept_ids, jnp.int32)
   size = tokens.shape[1] + max_new_tokens
-  logits, cache = _prefill(model, spec, size, params, sv, concept_ids, tokens, valid)
-  out, all_logits, n = _decode(model, spec, max_new_tokens, float(temperature), float(top_p),
+  logits, cache = prefill(model, spec, size, params, sv, concept_ids, tokens, valid)
+  out, all_logits, n = decode(model, spec, max_new_tokens, float(temperature), float(top_p),
                                stop_ids, return_logits, params, sv, concept_ids, logits,
                                cache, rng)
   out = np.asarray(out)[:, :int(n)]
@@ -151,3 +153,36 @@ def generate(model: Decoder, params, prompts: Sequence[Sequence[int]], *, max_ne
     all_logits = np.asarray(all_logits)
     return results, [all_logits[i, :lengths[i]] for i in range(len(results))]
   return results
+
+
+def generate_many(model: Decoder, params, prompts: Sequence[Sequence[int]], *,
+                  max_new_tokens: Union[int, Sequence[int]], batch_size: int = 64, rng=None,
+                  concept_ids=None, sort_by_length: bool = False, fixed_batch: bool = False,
+                  **kwargs):
+  """`generate` over any number of prompts in batches of `batch_size`, outputs in prompt
+  order. `max_new_tokens` may give each prompt its own budget (a batch runs to its
+  largest; each output is cut to its own); `concept_ids[i]` picks prompt i's row of a
+  stacked `sv`. `sort_by_length` batches similar lengths together (less padding);
+  `fixed_batch` pads the last batch with repeats so every batch reuses one program.
+  Each batch samples with the next key split off `rng`."""
+  budgets = ([int(max_new_tokens)] * len(prompts) if isinstance(max_new_tokens, int)
+             else [int(b) for b in max_new_tokens])
+  if len(budgets) != len(prompts):
+    raise ValueError(f"{len(budgets)} token budgets for {len(prompts)} prompts")
+  order = list(range(len(prompts)))
+  if sort_by_length:
+    order.sort(key=lambda i: len(prompts[i]))
+  size = max(1, min(batch_size, len(prompts)))
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  out = [None] * len(prompts)
+  for start in range(0, len(order), size):
+    idx = order[start:start + size]
+    batch = idx + [idx[-1]] * (size - len(idx)) if fixed_batch else idx
+    rng, key = jax.random.split(rng)
+    ids = None if concept_ids is None else np.asarray([concept_ids[i] for i in batch], np.int32)
+    got = generate(model, params, [prompts[i] for i in batch],
+                   max_new_tokens=max(budgets[i] for i in batch), rng=key, concept_ids=ids,
+                   **kwargs)
+    for i, g in zip(idx, got):
+      out[i] = g[:budgets[i]]
+  return out

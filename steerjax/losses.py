@@ -8,6 +8,9 @@ concepts stacked in one step get the gradients of C separate runs.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -65,4 +68,44 @@ def reps(pos, neg, null_pos, null_neg, ref_pos, ref_neg, group_B, groups: int):
   return steer_term + _per_concept_mean(-jax.nn.log_sigmoid(d), group_B, groups)
 
 
-OBJECTIVES = ("lang", "simpo", "reps")
+# --------------------------------------------------------------------------- the registry
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A training objective. `loss(logprob, batch, group, groups)` gets `logprob(name, op=None)
+  -> (lp [B], n [B])`, the steered log-probs of the batch's `name` sequences ("pos" = y_c,
+  "neg" = the neutral y) under the spec's op or `op`, and `batch[name]["ref"]`, the
+  unsteered sums (present when `needs_neutral`)."""
+  loss: Callable
+  needs_neutral: bool = False   # trains on (x, y_c, y) triples; SimPO-style reference log-probs
+  passes: int = 1               # sequences run forward and backward per example and step
+  uses_null_op: bool = False    # also runs the SV under NullInv (RePS)
+
+
+def _lang(logprob, batch, group, groups):
+  return lang(*logprob("pos"), group, groups)
+
+
+def _simpo(logprob, batch, group, groups):
+  return simpo(logprob("pos"), logprob("neg"), batch["pos"]["ref"], batch["neg"]["ref"],
+               group, groups)
+
+
+def _reps(logprob, batch, group, groups):
+  return reps(logprob("pos"), logprob("neg"), logprob("pos", "null"), logprob("neg", "null"),
+              batch["pos"]["ref"], batch["neg"]["ref"], group, groups)
+
+
+OBJECTIVES = {
+    "lang": Objective(_lang),
+    "simpo": Objective(_simpo, needs_neutral=True, passes=2),
+    "reps": Objective(_reps, needs_neutral=True, passes=4, uses_null_op=True),
+}
+
+
+def objective(name: str) -> Objective:
+  """The registered objective `name`; the error names the config field and the choices."""
+  if name not in OBJECTIVES:
+    raise ValueError(f"train.objective={name!r} is unknown; registered objectives: "
+                     f"{sorted(OBJECTIVES)} (add one to steerjax.losses.OBJECTIVES)")
+  return OBJECTIVES[name]

@@ -221,12 +221,10 @@ def store_shardings(data, mesh, rules):
       lambda x: rows_sharding(mesh, rules, x.shape[0], "examples", "example store"), data)
 
 
-def place_inputs(model, mesh, rules, params, data):
-  """Frozen params on their shardings and the packed example arrays over "examples"; done
-  before the prefix-cache pass so the model never runs from a single device."""
-  params = shard_params(params, param_shardings(model, mesh, rules))
-  data = jax.tree.map(place, data, store_shardings(data, mesh, normalize_rules(rules)))
-  return params, data
+def place_store(data, mesh, rules):
+  """The packed example arrays over "examples"; done before the prefix-cache pass so the
+  model never runs from a single device."""
+  return jax.tree.map(place, data, store_shardings(data, mesh, normalize_rules(rules)))
 
 
 def sv_state_shardings(state, mesh, rules, concepts: int):

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 
 from steerjax.models.decoder import SITE_METHOD, block_name
 
-OPS = ("add", "clamp", "null")
 _POSITIONS = re.compile(r"^(?:(all|prompt|generation)|f(\d+)|l(\d+)|f(\d+)\+l(\d+))$")
 
 
@@ -36,7 +35,7 @@ class SteerSpec:
     if not isinstance(self.layer, int) or self.layer < 0:
       raise ValueError(f"SteerSpec.layer={self.layer!r} must be a block index >= 0")
     if self.op not in OPS:
-      raise ValueError(f"SteerSpec.op={self.op!r}; expected one of {OPS}")
+      raise ValueError(f"SteerSpec.op={self.op!r}; expected one of {tuple(OPS)}")
     parse_positions(self.positions)
 
   @property
@@ -104,6 +103,31 @@ def select(sv, concept_ids=None):
   return factor[concept_ids], direction[concept_ids]
 
 
+def _unit(v):
+  return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def add_op(h, factor, v):
+  """AddInv: h + a v."""
+  return h + factor * v
+
+
+def clamp_op(h, factor, v):
+  """ClampInv: h + a v - u u^T h."""
+  u = _unit(v)
+  return h + factor * v - jnp.sum(h * u, axis=-1, keepdims=True) * u
+
+
+def null_op(h, factor, v):
+  """NullInv: h - relu(h.u) u (the factor is unused)."""
+  u = _unit(v)
+  return h - jax.nn.relu(jnp.sum(h * u, axis=-1, keepdims=True)) * u
+
+
+# name -> op(h [B, T, D], factor [B, 1, 1], v [B, 1, D]) -> edited h, all float32
+OPS = {"add": add_op, "clamp": clamp_op, "null": null_op}
+
+
 def edit(h_BTD, sv, mask_BT, op: str = "add", concept_ids=None):
   """Apply the op at the masked positions; elsewhere h is returned bit for bit."""
   factor, v = select(sv, concept_ids)
@@ -112,15 +136,7 @@ def edit(h_BTD, sv, mask_BT, op: str = "add", concept_ids=None):
   h = h_BTD.astype(jnp.float32)
   v = v[:, None, :].astype(jnp.float32)                       # [B or 1, 1, D]
   factor = jnp.reshape(factor, (-1, 1, 1)).astype(jnp.float32)
-  if op == "add":
-    new = h + factor * v
-  else:
-    u = v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-    proj = jnp.sum(h * u, axis=-1, keepdims=True)
-    if op == "clamp":
-      new = h + factor * v - proj * u
-    else:  # null
-      new = h - jax.nn.relu(proj) * u
+  new = OPS[op](h, factor, v)
   return jnp.where(jnp.asarray(mask_BT, bool)[..., None], new.astype(h_BTD.dtype), h_BTD)
 
 

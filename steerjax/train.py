@@ -1,10 +1,13 @@
 """Training steering vectors: a pure, jitted step and a resumable loop.
 
 C concepts train together as one stacked SV (`[C]` factors, `[C, D]` directions); each
-example carries its concept's index. Factor modes:
+example carries its concept's index. Factor modes (`FACTOR_MODES`):
   joint   - alpha and v trained together (the paper's method),
   fixed   - alpha frozen at `fixed_factor`, only v trained,
   sampled - alpha drawn per example from `factor_set` (RePS-style), only v trained.
+Objectives come from `steerjax.losses.OBJECTIVES`. A run takes two configs: `StepConfig`
+(what the compiled step depends on) and `RunConfig` (init, base rates, loop), so sweeps
+over beta, lam, learning rates and seeds reuse one compiled step.
 
 With the prefix cache on, the block-`layer` output of every training sequence is computed
 once; each step then runs only the blocks after it (the SV never reaches earlier blocks).
@@ -26,58 +29,13 @@ import numpy as np
 import optax
 
 from steerjax import checkpoint, losses
+from steerjax.train_config import RunConfig, StepConfig, factor_mode, needs_neutral
 from steerjax.data.batching import ConceptData, batch_indices, pack, response_window
 from steerjax.optim import make_optimizer, scaled_learning_rates
 from steerjax.steering import SteerSpec, edit, init_sv, positions_mask, steer
 
-FACTOR_MODES = ("joint", "fixed", "sampled")
-
-
 class NonFiniteError(FloatingPointError):
   """The loss or an SV became NaN/inf; the last good checkpoint is kept."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainOptions:
-  """Everything that shapes one training run of a group of concepts."""
-  objective: str = "lang"            # lang | simpo | reps
-  factor_mode: str = "joint"         # joint | fixed | sampled
-  beta: float = 4.0                  # factor init alpha0 = beta * sqrt(D)
-  lam: float = 8.0                   # direction init size
-  direction_init: str = "normal"     # normal (paper) | uniform (authors' code)
-  fixed_factor: float = 1.0
-  factor_set: tuple = tuple(range(2, 21, 2))
-  lr_factor: float = 10.0
-  lr_direction: float = 0.04
-  ref_width: int = 0                 # width the learning rates were tuned at (0: model width)
-  clip_direction: float = 1.0
-  clip_factor: float = 0.0
-  schedule: str = "linear"
-  warmup_steps: int = 0
-  weight_decay: float = 0.0
-  batch_size: int = 12
-  epochs: int = 12
-  max_steps: int = 0                 # stop early (0: epochs * steps per epoch)
-  seed: int = 42
-  prefix_cache: str = "auto"         # auto | on | off
-  prefix_cache_max_bytes: int = 4 << 30
-  log_every: int = 10
-  checkpoint_every: int = 50
-
-  def __post_init__(self):
-    if self.objective not in losses.OBJECTIVES:
-      raise ValueError(f"train.objective={self.objective!r}; expected one of {losses.OBJECTIVES}")
-    if self.factor_mode not in FACTOR_MODES:
-      raise ValueError(f"train.factor_mode={self.factor_mode!r}; expected one of {FACTOR_MODES}")
-    if self.prefix_cache not in ("auto", "on", "off"):
-      raise ValueError(f"train.prefix_cache={self.prefix_cache!r}; use 'auto', 'on' or 'off'")
-    if self.batch_size < 1 or self.epochs < 1:
-      raise ValueError(f"train.batch_size={self.batch_size} and train.epochs={self.epochs} "
-                       "must be >= 1")
-
-
-def needs_neutral(objective: str) -> bool:
-  return objective in ("simpo", "reps")
 
 
 # --------------------------------------------------------------------------- data on device
@@ -144,22 +102,23 @@ def prefix_cache_bytes(model, data) -> int:
   return n_seq * model.cfg.dim * jnp.dtype(model.dtype).itemsize
 
 
-def precompute(model, params, spec: SteerSpec, data, opts: TrainOptions, log=print):
+def precompute(model, params, spec: SteerSpec, data, step: StepConfig, run: RunConfig,
+               log=print):
   """Device arrays for training: packed sequences, unsteered reference log-probs (SimPO/RePS)
   and, when the prefix cache is on, every sequence's block-`layer` output."""
   out = {name: {k: jnp.asarray(v) for k, v in seq.items()} for name, seq in data.items()}
-  if needs_neutral(opts.objective):
+  if needs_neutral(step.objective):
     for name in ("pos", "neg"):
       s = out[name]
       out[name]["ref"] = _in_chunks(
           functools.partial(_unsteered_logprobs, model, params),
           {k: s[k] for k in ("tokens", "valid", "at", "target", "target_mask")}, 64)
   size = prefix_cache_bytes(model, data)
-  use = opts.prefix_cache == "on" or (
-      opts.prefix_cache == "auto" and size <= opts.prefix_cache_max_bytes)
-  if opts.prefix_cache == "on" and size > opts.prefix_cache_max_bytes:
+  use = run.prefix_cache == "on" or (
+      run.prefix_cache == "auto" and size <= run.prefix_cache_max_bytes)
+  if run.prefix_cache == "on" and size > run.prefix_cache_max_bytes:
     raise MemoryError(f"prefix cache needs {size / 2**20:.1f} MiB, over "
-                      f"train.prefix_cache_max_bytes={opts.prefix_cache_max_bytes}; set "
+                      f"train.prefix_cache_max_bytes={run.prefix_cache_max_bytes}; set "
                       "train.prefix_cache='off' or raise the limit")
   n_examples = next(iter(data.values()))["tokens"].shape[0]
   if use:
@@ -170,8 +129,20 @@ def precompute(model, params, spec: SteerSpec, data, opts: TrainOptions, log=pri
           lambda tokens, valid: _site_outputs(model, spec.layer, params, tokens, valid),
           {"tokens": s["tokens"], "valid": s["valid"]}, 64)
   else:
-    log(f"prefix cache off ({opts.prefix_cache}; it would need {size / 2**20:.2f} MiB)")
+    log(f"prefix cache off ({run.prefix_cache}; it would need {size / 2**20:.2f} MiB)")
   return out
+
+
+def residual_norm(model, params, spec: SteerSpec, arrays) -> float:
+  """Mean L2 norm of the block-`layer` output over the training tokens (64 examples at most),
+  the scale an edit alpha*v is compared with."""
+  pos = arrays["pos"]
+  h = pos.get("h")
+  if h is None:
+    h = _site_outputs(model, spec.layer, params, pos["tokens"][:64], pos["valid"][:64])
+  valid = np.asarray(pos["valid"][:h.shape[0]])
+  norms = np.linalg.norm(np.asarray(h[:64], np.float32), axis=-1)
+  return float(norms[valid[:64]].mean())
 
 
 # --------------------------------------------------------------------------- the step
@@ -180,34 +151,26 @@ def _take(seq, idx):
   return {k: v[idx] for k, v in seq.items()}
 
 
-def loss_fn(sv, model, spec: SteerSpec, opts: TrainOptions, groups: int, params, data,
+def loss_fn(sv, model, spec: SteerSpec, step: StepConfig, groups: int, params, data,
             idx, group, key):
   """Objective of one stacked batch: `idx` [B] example indices, `group` [B] concept index."""
-  factor = sv["factor"][group]
-  if opts.factor_mode == "sampled":
-    choices = jnp.asarray(opts.factor_set, jnp.float32)
-    factor = choices[jax.random.randint(key, group.shape, 0, len(opts.factor_set))]
+  factor = factor_mode(step.factor_mode).per_example(sv["factor"], group, key, step)
   sv_B = {"factor": factor, "direction": sv["direction"][group]}
-  pos = _take(data["pos"], idx)
-  lp = lambda seq, op: losses.masked_sum(
-      _forward(model, spec, op, params, sv_B, seq, seq.get("h")), seq["target_mask"])
-  if opts.objective == "lang":
-    lp_pos, n_pos = lp(pos, spec.op)
-    return losses.lang(lp_pos, n_pos, group, groups)
-  neg = _take(data["neg"], idx)
-  args = (lp(pos, spec.op), lp(neg, spec.op))
-  if opts.objective == "simpo":
-    return losses.simpo(*args, pos["ref"], neg["ref"], group, groups)
-  return losses.reps(*args, lp(pos, "null"), lp(neg, "null"), pos["ref"], neg["ref"],
-                     group, groups)
+  batch = {name: _take(seq, idx) for name, seq in data.items()}
+
+  def logprob(name, op=None):
+    seq = batch[name]
+    return losses.masked_sum(_forward(model, spec, op or spec.op, params, sv_B, seq,
+                                      seq.get("h")), seq["target_mask"])
+  return losses.objective(step.objective).loss(logprob, batch, group, groups)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "spec", "opts", "groups", "tx"),
+@functools.partial(jax.jit, static_argnames=("model", "spec", "step", "groups", "tx"),
                    donate_argnames=("state",))
-def train_step(state, model, spec, opts, groups, tx, params, data, idx, group):
+def train_step(state, model, spec, step, groups, tx, params, data, idx, group):
   key = jax.random.fold_in(state["rng"], state["step"])
   loss, grads = jax.value_and_grad(loss_fn)(
-      state["sv"], model, spec, opts, groups, params, data, idx, group, key)
+      state["sv"], model, spec, step, groups, params, data, idx, group, key)
   updates, opt_state = tx.update(grads, state["opt"], state["sv"])
   updates = {k: u * state["lr"][k] for k, u in updates.items()}
   sv = optax.apply_updates(state["sv"], updates)
@@ -221,56 +184,42 @@ def train_step(state, model, spec, opts, groups, tx, params, data, idx, group):
 
 # --------------------------------------------------------------------------- the loop
 
-def step_options(opts: TrainOptions) -> TrainOptions:
-  """`opts` with the values that only shape the initial state (init sizes, base learning
-  rates, seed) and the loop (logging, checkpoints) set to constants: the compiled step
-  depends on the rest, so sweeps over beta, lam, learning rates and seeds compile once."""
-  return dataclasses.replace(
-      opts, beta=0.0, lam=0.0, direction_init="normal", fixed_factor=0.0, lr_factor=1.0,
-      lr_direction=1.0, ref_width=0, seed=0, max_steps=0, log_every=1, checkpoint_every=1,
-      prefix_cache="auto")
-
-
 @functools.lru_cache(maxsize=32)
-def _unit_optimizer(width: int, opts: TrainOptions, total_steps: int):
+def _unit_optimizer(width: int, step: StepConfig, total_steps: int):
   return make_optimizer(
       width, lr_factor=1.0, lr_direction=1.0, total_steps=total_steps,
-      train_factor=opts.factor_mode == "joint", clip_direction=opts.clip_direction,
-      clip_factor=opts.clip_factor, schedule=opts.schedule, warmup_steps=opts.warmup_steps,
-      weight_decay=opts.weight_decay)[0]
+      train_factor=factor_mode(step.factor_mode).trained, clip_direction=step.clip_direction,
+      clip_factor=step.clip_factor, schedule=step.schedule, warmup_steps=step.warmup_steps,
+      weight_decay=step.weight_decay)[0]
 
 
-def optimizer_for(width: int, opts: TrainOptions, total_steps: int):
+def optimizer_for(width: int, step: StepConfig, run: RunConfig, total_steps: int):
   """(tx, base learning rates). `tx` runs at unit learning rate and is shared by every run
-  with the same `step_options`; the train step scales its updates by the width-scaled base
+  with the same StepConfig; the train step scales its updates by the width-scaled base
   rates carried in the state."""
-  lr_f, lr_d = scaled_learning_rates(width, opts.lr_factor, opts.lr_direction,
-                                     opts.ref_width or None)
-  return _unit_optimizer(width, step_options(opts), total_steps), {"factor": lr_f,
-                                                                    "direction": lr_d}
+  lr_f, lr_d = scaled_learning_rates(width, run.lr_factor, run.lr_direction,
+                                     run.ref_width or None)
+  return _unit_optimizer(width, step, total_steps), {"factor": lr_f, "direction": lr_d}
 
 
-def initial_sv(opts: TrainOptions, width: int, concept_indices: Sequence[int]):
+def initial_sv(step: StepConfig, run: RunConfig, width: int, concept_indices: Sequence[int]):
   """One SV per concept, each drawn from a key folded with the concept's global index, so a
   concept gets the same init whether it trains alone or stacked with others."""
-  base = jax.random.PRNGKey(opts.seed)
-  rows = [init_sv(jax.random.fold_in(base, int(c)), width, opts.beta, opts.lam,
-                  opts.direction_init) for c in concept_indices]
+  base = jax.random.PRNGKey(run.seed)
+  rows = [init_sv(jax.random.fold_in(base, int(c)), width, run.beta, run.lam,
+                  run.direction_init) for c in concept_indices]
   sv = {k: jnp.stack([r[k] for r in rows]) for k in ("factor", "direction")}
-  if opts.factor_mode == "fixed":
-    sv["factor"] = jnp.full_like(sv["factor"], opts.fixed_factor)
-  elif opts.factor_mode == "sampled":
-    sv["factor"] = jnp.zeros_like(sv["factor"])  # unused: factors come from factor_set
+  sv["factor"] = factor_mode(step.factor_mode).init(sv["factor"], run)
   return sv
 
 
-def fresh_state(opts: TrainOptions, width: int, concept_indices: Sequence[int],
+def fresh_state(step: StepConfig, run: RunConfig, width: int, concept_indices: Sequence[int],
                 total_steps: int):
   """The train state before step 0: SVs, optimizer state, step, RNG."""
-  sv = initial_sv(opts, width, concept_indices)
-  tx, lrs = optimizer_for(width, opts, total_steps)
+  sv = initial_sv(step, run, width, concept_indices)
+  tx, lrs = optimizer_for(width, step, run, total_steps)
   return {"sv": sv, "opt": tx.init(sv), "step": jnp.zeros((), jnp.int32),
-          "rng": jax.random.PRNGKey(opts.seed + 1),
+          "rng": jax.random.PRNGKey(run.seed + 1),
           "lr": {k: jnp.float32(v) for k, v in lrs.items()}}
 
 
@@ -283,46 +232,82 @@ def _fmt_time(seconds: float) -> str:
   return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+# An edit this many times the residual stream's norm drowns the block output; gradients
+# this many logged steps in a row at zero mean the SV no longer learns.
+EDIT_WARN_RATIO = 100.0
+STALL_WARN_LOGS = 3
+
+
+class _Health:
+  """Warns once when the SV stops learning or its edit dwarfs the residual stream."""
+
+  def __init__(self, residual: float, trains_factor: bool, tag: str, log):
+    self.residual, self.trains_factor, self.tag, self.log = residual, trains_factor, tag, log
+    self.stalled, self.warned = 0, set()
+
+  def check(self, done: int, metrics: dict, sv):
+    grads = metrics["grad_direction"] + (metrics["grad_factor"] if self.trains_factor else 0)
+    self.stalled = self.stalled + 1 if grads == 0 else 0
+    if self.stalled >= STALL_WARN_LOGS and "stall" not in self.warned:
+      self.warned.add("stall")
+      self.log(f"{self.tag}WARNING: zero gradients for {self.stalled} progress lines in a row "
+               f"(step {done}): the SV has stopped learning. Lower optim.lr_direction / "
+               "optim.lr_factor or sv.beta.")
+    factor = np.abs(np.asarray(sv["factor"], np.float64))
+    direction = np.linalg.norm(np.asarray(sv["direction"], np.float64), axis=-1)
+    edit = float(np.max(factor * direction)) if factor.any() else float(np.max(direction))
+    if self.residual > 0 and edit > EDIT_WARN_RATIO * self.residual and "edit" not in self.warned:
+      self.warned.add("edit")
+      self.log(f"{self.tag}WARNING: the edit |alpha|*||v|| = {edit:.3g} at step {done} is "
+               f"{edit / self.residual:.3g}x the residual stream's norm ({self.residual:.3g}): "
+               "the SV overwrites the block output. Lower optim.lr_direction / optim.lr_factor "
+               "or sv.beta / sv.lam.")
+
+
 def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptData],
-                   concept_indices: Sequence[int], opts: TrainOptions, workdir: str,
-                   log=print, metrics_path: Optional[str] = None, tag: str = "",
+                   concept_indices: Sequence[int], step_cfg: StepConfig, run: RunConfig,
+                   workdir: str, log=print, metrics_path: Optional[str] = None, tag: str = "",
                    writer=None, mesh=None, rules=None):
   """Train one stacked SV for `concepts` (resuming from `workdir/checkpoints` if present).
 
-  With a `mesh` (and logical-axis `rules`, see steerjax.sharding) the frozen params, the
-  example store and the stacked SV are sharded over it and the step has explicit shardings.
+  `params` are taken as placed; with a `mesh` (and logical-axis `rules`, see
+  steerjax.sharding) they must already be on it (`sharding.shard_params`), and the example
+  store and the stacked SV are sharded over it with explicit step shardings.
   Returns the final stacked SV as numpy arrays {"factor": [C], "direction": [C, D]}.
   """
   groups = len(concepts)
-  data, n = prepare_data(concepts, opts.objective, model.cfg.pad_id)
-  if opts.batch_size > n:
-    raise ValueError(f"train.batch_size={opts.batch_size} exceeds the {n} examples per concept")
-  per_epoch = n // opts.batch_size
-  total = per_epoch * opts.epochs
-  if opts.max_steps:
-    total = min(total, opts.max_steps)
+  data, n = prepare_data(concepts, step_cfg.objective, model.cfg.pad_id)
+  if step_cfg.batch_size > n:
+    raise ValueError(f"train.batch_size={step_cfg.batch_size} exceeds the {n} examples per "
+                     "concept")
+  per_epoch = n // step_cfg.batch_size
+  total = per_epoch * step_cfg.epochs
+  if run.max_steps:
+    total = min(total, run.max_steps)
   width = model.cfg.dim
-  tx, lrs = optimizer_for(width, opts, per_epoch * opts.epochs)
-  step_opts = step_options(opts)
-  state = fresh_state(opts, width, concept_indices, per_epoch * opts.epochs)
+  tx, lrs = optimizer_for(width, step_cfg, run, per_epoch * step_cfg.epochs)
+  state = fresh_state(step_cfg, run, width, concept_indices, per_epoch * step_cfg.epochs)
   ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   if ckpts.latest_step() is not None:
     lrs_now = state["lr"]
     state, meta = ckpts.restore(state)
     state["lr"] = lrs_now  # learning rates are settings: the config in force wins
     log(f"{tag}resumed from step {int(state['step'])} ({ckpts.directory})")
-  if mesh is not None:  # shard the frozen params before the prefix-cache pass runs the model
+  if mesh is not None:  # before the prefix-cache pass, so the model never runs from one device
     from steerjax import sharding
-    params, data = sharding.place_inputs(model, mesh, rules, params, data)
-  arrays = precompute(model, params, spec, data, opts, log)
-  step_fn = functools.partial(train_step, model=model, spec=spec, opts=step_opts, groups=groups,
+    data = sharding.place_store(data, mesh, rules)
+  arrays = precompute(model, params, spec, data, step_cfg, run, log)
+  health = _Health(residual_norm(model, params, spec, arrays),
+                   factor_mode(step_cfg.factor_mode).trained, tag, log)
+  step_fn = functools.partial(train_step, model=model, spec=spec, step=step_cfg, groups=groups,
                               tx=tx)
   if mesh is not None:
     step_fn, state, arrays = sharding.shard_train_step(
-        step_fn, mesh, rules, state, params, arrays, groups=groups, rows=groups * opts.batch_size)
+        step_fn, mesh, rules, state, params, arrays, groups=groups,
+        rows=groups * step_cfg.batch_size)
 
   # Example index of row b in a stacked batch: concept k's rows come from its own block.
-  rows_per_concept = np.repeat(np.arange(groups), opts.batch_size)
+  rows_per_concept = np.repeat(np.arange(groups), step_cfg.batch_size)
   offsets = rows_per_concept * n
   group = jnp.asarray(rows_per_concept, jnp.int32)
   start = int(state["step"])
@@ -331,11 +316,11 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
   log(f"{tag}{groups} concept(s), {n} examples each, {total} steps "
       f"(lr factor {lrs['factor']:.4g}, lr direction {lrs['direction']:.4g} at width {width})")
   for step in range(start, total):
-    idx = np.tile(batch_indices(n, opts.batch_size, opts.seed, step), groups) + offsets
+    idx = np.tile(batch_indices(n, step_cfg.batch_size, run.seed, step), groups) + offsets
     state, metrics = step_fn(state, params=params, data=arrays, idx=jnp.asarray(idx, jnp.int32),
                              group=group)
     done = step + 1
-    if done % opts.log_every == 0 or done == total or done == start + 1:
+    if done % run.log_every == 0 or done == total or done == start + 1:
       m = {k: float(v) for k, v in metrics.items()}
       if not (math.isfinite(m["loss"]) and _finite(state["sv"])):
         raise NonFiniteError(
@@ -347,13 +332,14 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
       log(f"{tag}step {done}/{total} loss {m['loss']:.4f} |alpha| {m['factor']:.3f} "
           f"||v|| {m['direction_norm']:.3f} grad(a) {m['grad_factor']:.3g} "
           f"grad(v) {m['grad_direction']:.3g} eta {_fmt_time(eta)}")
+      health.check(done, m, state["sv"])
       if metrics_path:
         with open(metrics_path, "a") as f:
           f.write(json.dumps(dict(m, step=done, tag=tag.strip(" :"), elapsed_s=elapsed)) + "\n")
       if writer is not None:
         for k, v in m.items():
           writer.add_scalar(f"{tag.strip(' :') or 'train'}/{k}", v, done)
-    if done % opts.checkpoint_every == 0 and done < total:
+    if done % run.checkpoint_every == 0 and done < total:
       if not _finite(state["sv"]):
         raise NonFiniteError(f"{tag}non-finite SV at step {done}; the last good checkpoint "
                              f"(step {last_good}) is kept in {ckpts.directory}")

@@ -17,3 +17,14 @@ def synthetic_concepts(n_concepts=3, n=8, seed=0):
     neutral = [rng.integers(20, 64, 7).tolist() for _ in range(n)]
     out.append(ConceptData(f"c{c}", prompts, responses, neutral))
   return out
+
+
+def train_configs(**fields):
+  """(StepConfig, RunConfig) from one dict of their fields."""
+  import dataclasses
+  from steerjax.train import RunConfig, StepConfig
+  names = {f.name for f in dataclasses.fields(StepConfig)}
+  unknown = set(fields) - names - {f.name for f in dataclasses.fields(RunConfig)}
+  assert not unknown, f"not a train config field: {sorted(unknown)}"
+  return (StepConfig(**{k: v for k, v in fields.items() if k in names}),
+          RunConfig(**{k: v for k, v in fields.items() if k not in names}))

@@ -14,10 +14,13 @@ from axbench_fixtures import (SPECIAL, WRITTEN_REPLY, JudgeServer, build_tiny_ge
                               is_rating_prompt, rating_for)
 from conftest import DATA
 from configs import axbench_gemma2_2b, axbench_gemma2_9b, axbench_qwen25_32b
-from steerjax import experiment
+from steerjax import methods
 from steerjax.checkpoint import load_sv
 from steerjax.data import axbench as data
-from steerjax.eval import axbench_eval, scoring
+from steerjax.eval import scoring
+from steerjax.jobs import axbench as axbench_job
+from steerjax.jobs import common
+from steerjax.store import TextStore
 from steerjax.eval.judge import KINDS, render_prompt
 
 KEY_ENV = "STEERJAX_AXBENCH_TEST_KEY"
@@ -62,8 +65,8 @@ def test_pipeline_end_to_end_then_reruns_ask_nothing_new(model_dir, tmp_path, mo
   quiet = lambda *a: None
   with JudgeServer() as server:
     config = tiny_config(model_dir, cache, server.url)
-    bundle = experiment.load_model(config)
-    first = axbench_eval.run(config, work, log=quiet, bundle=bundle)
+    bundle = common.load_model(config)
+    first = axbench_job.run(config, work, log=quiet, bundle=bundle)
 
     # What the judge was asked: 3 ratings per generation, 12 neutral y, 2 steering prompts.
     gens = {"prosv_simpo": 20, "fssv_lang_sampled": 2 * 10 * len(GRID), "prompting": 20}
@@ -117,7 +120,7 @@ def test_pipeline_end_to_end_then_reruns_ask_nothing_new(model_dir, tmp_path, mo
     shutil.rmtree(os.path.join(work, "methods", "prosv_simpo"))
     shutil.rmtree(os.path.join(work, "methods", "prompting"))
     asked = server.requests
-    second = axbench_eval.run(config, work, log=quiet, bundle=bundle)
+    second = axbench_job.run(config, work, log=quiet, bundle=bundle)
     assert server.requests == asked
     assert second["judge"]["requests_sent"] == 0
     assert second["judge"]["cache_hits"] == 3 * (gens["prosv_simpo"] + gens["prompting"])
@@ -125,7 +128,7 @@ def test_pipeline_end_to_end_then_reruns_ask_nothing_new(model_dir, tmp_path, mo
     assert second["methods"] == first["methods"]
 
     # A plain rerun finds everything on disk and asks no one anything.
-    third = axbench_eval.run(config, work, log=quiet, bundle=bundle)
+    third = axbench_job.run(config, work, log=quiet, bundle=bundle)
     assert server.requests == asked
     assert third["judge"]["requests_sent"] == third["judge"]["cache_hits"] == 0
     assert third["methods"] == first["methods"]
@@ -195,7 +198,7 @@ def test_neutral_responses_are_made_once_and_reused(tmp_path):
 
   path = str(tmp_path / "texts.jsonl")
   for _ in range(2):
-    store = data.TextStore(path)
+    store = TextStore(path)
     ys = data.neutral_responses(store, "model", "tiny", items, Tok, 8, make_ids, make_text)
     assert ys == [[7] * 8] * 6
     written = data.neutral_responses(store, "judge", "judge-x", items[:2], Tok, 5, make_ids,
@@ -205,24 +208,24 @@ def test_neutral_responses_are_made_once_and_reused(tmp_path):
   assert calls[0] == ("ids", 6) and calls[1][0] == "text" and len(calls) == 2
   assert concepts[0].name in calls[1][1][0] and "instruction 0" in calls[1][1][0]
   assert store.hits == 8 and store.misses == 0
-  store = data.TextStore(path)   # another model name is not served another model's text
+  store = TextStore(path)   # another model name is not served another model's text
   data.neutral_responses(store, "model", "other", items[:1], Tok, 8, make_ids, make_text)
   assert calls[-1] == ("ids", 1)
   store.close()
 
 
 def test_paper_configs_and_their_cost():
-  plan = {r["method"]: r for r in axbench_eval.cost_plan(axbench_gemma2_2b.get_config())}
+  plan = {r["method"]: r for r in axbench_job.plan(axbench_gemma2_2b.get_config())}
   assert plan["prosv_simpo"]["steps_per_sv"] == 12 * 12 and plan["prosv_lang"]["svs"] == 500
   assert plan["fssv_lang_sampled"]["generations"] == 500 * 10 * 14
   assert plan["fssv_lang"]["judge_calls"] == 500 * 10 * 3
   assert plan["prompting"]["judge_calls"] == 500 * 10 * 3 + 500
   assert plan["neutral y (judge)"]["judge_calls"] == 500 * 72
-  g9b = {r["method"]: r for r in axbench_eval.cost_plan(axbench_gemma2_9b.get_config())}
+  g9b = {r["method"]: r for r in axbench_job.plan(axbench_gemma2_9b.get_config())}
   assert g9b["prosv_simpo"]["steps_per_sv"] == 24 * 12 and g9b["fssv_lang"]["steps_per_sv"] == 108
   qwen = axbench_qwen25_32b.get_config()
   assert (qwen.data.task, qwen.data.num_concepts, qwen.steer.layer) == ("9b_l20", 100, 32)
-  method = axbench_eval.method_setup(qwen, "fssv_reps_sampled")
-  assert method.opts.factor_set == tuple(range(20, 201, 20)) and max(method.grid) == 400
-  assert method.neutral == "model" and method.opts.objective == "reps"
-  assert axbench_eval.method_setup(qwen, "prosv_simpo").opts.direction_init == "uniform"
+  method = methods.from_config(qwen, "fssv_reps_sampled")
+  assert method.step.factor_set == tuple(range(20, 201, 20)) and max(method.grid) == 400
+  assert method.neutral == "model" and method.step.objective == "reps"
+  assert methods.from_config(qwen, "prosv_simpo").run.direction_init == "uniform"

@@ -13,8 +13,8 @@ def test_accelerator_benchmark_smoke(tmp_path):
   out = tmp_path / "bench_gpu.json"
   env = dict(os.environ, PYTHONPATH=ROOT)
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "experiments", "bench_gpu.py"), "--smoke",
-       "--peak-tflops", "1", "--out", str(out)],
+      [sys.executable, "-m", "experiments.bench.gpu", "--smoke", "--peak-tflops", "1",
+       "--out", str(out)],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   result = json.loads(out.read_text())

@@ -2,13 +2,9 @@
 
 import json
 import os
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from configs import demo as demo_config  # noqa: E402
-from steerjax import demo  # noqa: E402
+from configs import demo as demo_config
+from steerjax.jobs import demo
 
 KEYS = {"concept", "method", "concept_score", "instruction_score", "fluency_score", "overall",
         "factor", "n"}

@@ -5,7 +5,6 @@ The 8-device checks run in one subprocess (`python tests/test_sharding.py`) with
 initialised with one CPU device. Each check prints `ok NAME` or `FAIL NAME: why`.
 """
 
-import dataclasses
 import functools
 import json
 import os
@@ -24,13 +23,13 @@ import pytest
 from steerjax import sharding
 from steerjax.models import Decoder, ModelConfig
 from steerjax.steering import SteerSpec, init_sv, steer
-from steerjax.train import TrainOptions, initial_sv, train_concepts
-from synthetic import synthetic_concepts
+from steerjax.train import initial_sv, train_concepts
+from synthetic import synthetic_concepts, train_configs
 
 CFG = ModelConfig(family="llama", vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
                   head_dim=8, hidden_dim=64, max_seq_len=64, tie_embeddings=False, pad_id=0)
-OPTS = TrainOptions(batch_size=4, epochs=2, max_steps=3, beta=1.0, lam=4.0, lr_factor=0.5,
-                    lr_direction=0.05, log_every=1, checkpoint_every=1000)
+OPTS = dict(batch_size=4, epochs=2, max_steps=3, beta=1.0, lam=4.0, lr_factor=0.5,
+            lr_direction=0.05, log_every=1, checkpoint_every=1000)
 quiet = lambda *a, **k: None
 N_DEVICES = 8
 
@@ -177,11 +176,13 @@ def _train_one_and_sharded(mesh_shape, n_concepts, opts, workdir):
   out = {}
   for name, m in (("one", None), ("mesh", mesh)):
     metrics = os.path.join(workdir, f"{name}.jsonl")
-    out[name] = train_concepts(model, params, spec, concepts, range(n_concepts), opts,
-                               os.path.join(workdir, name), log=quiet, metrics_path=metrics,
-                               mesh=m, rules=sharding.DEFAULT_RULES)
+    placed = params if m is None else sharding.shard_params(
+        params, sharding.param_shardings(model, m, sharding.DEFAULT_RULES))
+    out[name] = train_concepts(model, placed, spec, concepts, range(n_concepts),
+                               *train_configs(**opts), os.path.join(workdir, name), log=quiet,
+                               metrics_path=metrics, mesh=m, rules=sharding.DEFAULT_RULES)
     out[name + "_metrics"] = _metrics(metrics)
-  start = initial_sv(opts, CFG.dim, range(n_concepts))
+  start = initial_sv(*train_configs(**opts), CFG.dim, range(n_concepts))
   return out, {k: out["one"][k] - start[k] for k in start}, {k: out["mesh"][k] - start[k]
                                                             for k in start}
 
@@ -192,7 +193,7 @@ def _relative_error(got, want):
 
 def _assert_same_training(out, one, mesh):
   """Same loss and gradient norms at every step, same SV updates, within 1e-5 relative."""
-  assert len(out["one_metrics"]) == OPTS.max_steps
+  assert len(out["one_metrics"]) == OPTS["max_steps"]
   np.testing.assert_allclose(out["mesh_metrics"], out["one_metrics"], rtol=1e-5)
   assert np.abs(one["direction"]).max() > 0, "the directions did not move"
   for leaf in ("factor", "direction"):
@@ -243,8 +244,8 @@ def check_train_fsdp_tensor():
 def check_train_data_concept():
   # A frozen factor: SimPO's factor gradient here is ~1e-7, so Adam's normalised update of it
   # is rounding noise; the direction and the loss carry the comparison.
-  opts = dataclasses.replace(OPTS, objective="simpo", factor_mode="fixed", fixed_factor=4.0,
-                             prefix_cache="off")
+  opts = dict(OPTS, objective="simpo", factor_mode="fixed", fixed_factor=4.0,
+              prefix_cache="off")
   with tempfile.TemporaryDirectory() as d:
     _assert_same_training(*_train_one_and_sharded((2, 1, 1, 4), 4, opts, d))
 

@@ -5,8 +5,11 @@ import warnings
 import pytest
 
 from steerjax.data import tinystories as ts
-from steerjax.eval.offline_judge import RATING_KEYS, OfflineJudge, harmonic_score
+from steerjax.data.batching import ConceptData
+from steerjax.eval.offline_judge import OfflineJudge
+from steerjax.eval.scoring import RATINGS
 from steerjax.generate import generate
+from steerjax.jobs import common
 
 N_TRAIN = 20   # every concept has at least this many pairs in the local excerpt
 
@@ -136,13 +139,17 @@ def test_neutral_responses_are_the_models_greedy_text(bench, stories):
   model, params, tokenizer = stories
   # Prompts of one length and batches of one size: every call reuses one compiled program.
   pairs = [(x[:24], y) for x, y in bench["dog"]["train"][:5]]
-  neutral = ts.neutral_responses(model, params, pairs, batch_size=3)   # the last batch padded
+  ctx = common.Context(None, model, params, tokenizer)
+  concept = ConceptData("dog", [x for x, _ in pairs], [y for _, y in pairs])
+  (made,) = common.with_model_neutral(ctx, [concept], batch_size=3)   # the last batch padded
+  neutral = made.neutral
   assert len(neutral) == 5
   for (_, y_ids), y in zip(pairs, neutral):
     assert 0 < len(y) <= len(y_ids) and tokenizer.eos_id not in y
   x, y_ids = pairs[4]
   alone = generate(model, params, [x] * 3, max_new_tokens=len(y_ids))[0]
   assert neutral[4] == alone
+  assert common.with_model_neutral(ctx, [concept], batch_size=3)[0].neutral is neutral  # cached
 
 
 # ---------------------------------------------------------------- the judge
@@ -177,8 +184,8 @@ def test_judge_ratings_on_known_texts(judge):
   names = list(TEXTS)
   ratings = judge.rate(_items(names))
   for name, rating in zip(names, ratings):
-    assert set(rating) == set(RATING_KEYS)
-    assert tuple(rating[k] for k in RATING_KEYS) == EXPECTED[name], name
+    assert set(rating) == set(RATINGS) | {"ok"}
+    assert tuple(rating[k] for k in RATINGS) == EXPECTED[name], name
 
 
 def test_judge_measurements_do_not_depend_on_the_batch(judge):
@@ -194,9 +201,3 @@ def test_judge_measurements_do_not_depend_on_the_batch(judge):
 def test_judge_rejects_unknown_concepts(judge):
   with pytest.raises(ValueError, match="unknown concept 'unicorn'"):
     judge.rate([{"concept": "unicorn", "instruction": OPENING, "continuation": "Hi."}])
-
-
-def test_harmonic_score():
-  assert harmonic_score(dict(concept_score=2, instruction_score=2, fluency_score=2)) == 2.0
-  assert harmonic_score(dict(concept_score=1, instruction_score=2, fluency_score=2)) == 1.5
-  assert harmonic_score(dict(concept_score=2, instruction_score=0, fluency_score=2)) == 0.0

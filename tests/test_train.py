@@ -1,13 +1,8 @@
 """Training: optimizer rules, concept batching, the prefix cache, width transfer, NaN stops."""
 
-import dataclasses
-import os
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from steerjax.data.batching import ConceptData, batch_indices
@@ -16,17 +11,16 @@ from steerjax.optim import label_tree, make_optimizer, scaled_learning_rates
 from steerjax.steering import SteerSpec
 from steerjax.checkpoint import RunCheckpoints
 from steerjax import losses
-from steerjax.train import (NonFiniteError, TrainOptions, _unsteered_logprobs, fresh_state,
-                            prepare_data, train_concepts)
-from synthetic import synthetic_concepts
+from steerjax.train import (NonFiniteError, _unsteered_logprobs, fresh_state, prepare_data,
+                            train_concepts)
+from synthetic import synthetic_concepts, train_configs
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
-from width_transfer import measure  # noqa: E402
+from experiments.paper.width_transfer import measure
 
 CFG = ModelConfig(family="llama", vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2,
                   head_dim=8, hidden_dim=64, max_seq_len=64, tie_embeddings=True, pad_id=0)
-OPTS = TrainOptions(batch_size=4, epochs=2, beta=1.0, lam=4.0, lr_factor=0.5, lr_direction=0.05,
-                    log_every=100, checkpoint_every=1000)
+OPTS = dict(batch_size=4, epochs=2, beta=1.0, lam=4.0, lr_factor=0.5, lr_direction=0.05,
+            log_every=100, checkpoint_every=1000)
 quiet = lambda *a, **k: None
 
 
@@ -77,11 +71,11 @@ def test_concept_batched_training_equals_separate_runs(tiny, tmp_path, objective
   model, params = tiny
   concepts = _concepts()
   spec = SteerSpec(1, "f2+l2")
-  opts = dataclasses.replace(OPTS, objective=objective)
-  together = train_concepts(model, params, spec, concepts, [0, 1, 2], opts,
+  opts = train_configs(**dict(OPTS, objective=objective))
+  together = train_concepts(model, params, spec, concepts, [0, 1, 2], *opts,
                             str(tmp_path / "all"), log=quiet)
   for k, c in enumerate(concepts):
-    alone = train_concepts(model, params, spec, [c], [k], opts, str(tmp_path / c.name), log=quiet)
+    alone = train_concepts(model, params, spec, [c], [k], *opts, str(tmp_path / c.name), log=quiet)
     for leaf in ("factor", "direction"):
       np.testing.assert_allclose(together[leaf][k], alone[leaf][0], rtol=1e-5, atol=1e-6)
   assert not np.allclose(together["direction"][0], together["direction"][1])
@@ -91,7 +85,7 @@ def _train_both_ways(model, params, spec, concepts, opts, tmp_path):
   out = {}
   for mode in ("on", "off"):
     out[mode] = train_concepts(model, params, spec, concepts, range(len(concepts)),
-                               dataclasses.replace(opts, prefix_cache=mode),
+                               *train_configs(**dict(opts, prefix_cache=mode)),
                                str(tmp_path / mode), log=quiet)
   return out
 
@@ -101,7 +95,7 @@ def _train_both_ways(model, params, spec, concepts, opts, tmp_path):
 def test_prefix_cache_gives_the_same_svs(tiny, tmp_path, objective, positions, n_concepts):
   model, params = tiny
   out = _train_both_ways(model, params, SteerSpec(1, positions), _concepts(n_concepts),
-                         dataclasses.replace(OPTS, objective=objective), tmp_path)
+                         dict(OPTS, objective=objective), tmp_path)
   for leaf in ("factor", "direction"):
     np.testing.assert_allclose(out["on"][leaf], out["off"][leaf], rtol=1e-5, atol=1e-6)
 
@@ -115,7 +109,7 @@ def test_prefix_cache_on_stories260k(stories, tmp_path):
                           [tok.encode(" They played all day.")] * 8)]
   for objective, positions in (("lang", "f2+l2"), ("simpo", "all")):
     out = _train_both_ways(model, params, SteerSpec(2, positions), concepts,
-                           dataclasses.replace(OPTS, objective=objective, epochs=1),
+                           dict(OPTS, objective=objective, epochs=1),
                            tmp_path / objective)
     for leaf in ("factor", "direction"):
       np.testing.assert_allclose(out["on"][leaf], out["off"][leaf], rtol=1e-5, atol=1e-6)
@@ -137,17 +131,19 @@ def test_response_window_log_probs_equal_full_logits(tiny):
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny, tmp_path):
   model, params = tiny
-  good = dataclasses.replace(OPTS, epochs=4, max_steps=3, checkpoint_every=2, log_every=1)
-  train_concepts(model, params, SteerSpec(1, "all"), _concepts(1), [0], good, str(tmp_path),
-                 log=quiet)
+  good = dict(OPTS, epochs=4, max_steps=3, checkpoint_every=2, log_every=1)
+  train_concepts(model, params, SteerSpec(1, "all"), _concepts(1), [0], *train_configs(**good),
+                 str(tmp_path), log=quiet)
   ckpts = RunCheckpoints(str(tmp_path / "checkpoints"))
   assert ckpts.latest_step() == 2
-  broken = dataclasses.replace(good, max_steps=0, lr_factor=float("nan"))
+  # The door refuses a NaN rate; set it behind the door's back to make the run diverge.
+  broken = train_configs(**dict(good, max_steps=0))
+  object.__setattr__(broken[1], "lr_factor", float("nan"))
   with pytest.raises(NonFiniteError, match=r"last good checkpoint \(step 2\)"):
-    train_concepts(model, params, SteerSpec(1, "all"), _concepts(1), [0], broken,
+    train_concepts(model, params, SteerSpec(1, "all"), _concepts(1), [0], *broken,
                    str(tmp_path), log=quiet)
   assert ckpts.latest_step() == 2
-  state, _ = ckpts.restore(fresh_state(good, CFG.dim, [0], total_steps=8))
+  state, _ = ckpts.restore(fresh_state(*train_configs(**good), CFG.dim, [0], total_steps=8))
   assert int(state["step"]) == 2
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["sv"]))
 

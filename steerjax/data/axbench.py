@@ -11,7 +11,6 @@ neutral responses for SimPO are made once and kept in an on-disk store.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Callable, Dict, List, Optional, Sequence
@@ -20,6 +19,7 @@ import pandas as pd
 
 from steerjax import paths
 from steerjax.data.batching import ConceptData
+from steerjax.store import TextStore
 
 HUB_REPOS = {"concept10": "pyvene/axbench-concept10", "concept500": "pyvene/axbench-concept500"}
 TASKS = ("2b_l10", "2b_l20", "9b_l20", "9b_l31")
@@ -135,34 +135,6 @@ def tokenize_pairs(tok, pairs: Sequence[tuple], max_response_tokens: int = 128):
   prompts = [tok.chat_prompt(x) for x, _ in pairs]
   responses = [tok.encode(y)[:max_response_tokens] for _, y in pairs]
   return prompts, responses
-
-
-class TextStore:
-  """Append-only on-disk map from a key to a JSON value, shared across runs."""
-
-  def __init__(self, path: str):
-    from steerjax.eval.judge import ReplyCache
-    self._cache = ReplyCache(path)
-    self.hits = 0
-    self.misses = 0
-
-  @staticmethod
-  def key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()
-
-  def get(self, key: str):
-    value = self._cache.get(key)
-    if value is None:
-      self.misses += 1
-      return None
-    self.hits += 1
-    return json.loads(value)
-
-  def put(self, key: str, value):
-    self._cache.put(key, json.dumps(value, ensure_ascii=False))
-
-  def close(self):
-    self._cache.close()
 
 
 def neutral_responses(store: TextStore, source: str, source_name: str, items: Sequence[tuple],

@@ -341,23 +341,3 @@ def _check_counts(concept, entry, n_train, n_eval, n_usable, allow_fewer):
   if not allow_fewer:
     raise ValueError(message)
   warnings.warn(message, stacklevel=3)
-
-
-def neutral_responses(model, params, pairs: Sequence, batch_size: int = 32) -> list:
-  """The unsteered model's greedy continuation of each x, as long as its y_c at most.
-
-  `pairs` is a benchmark entry's "train" list of (x_ids, y_ids). Generation stops early at
-  EOS, which is not kept. Batches have a fixed size (the last is padded with a repeat) so
-  the compiled programs are reused.
-  """
-  from steerjax.generate import generate
-  pairs = list(pairs)
-  out = []
-  for start in range(0, len(pairs), batch_size):
-    chunk = pairs[start:start + batch_size]
-    prompts = [list(x) for x, _ in chunk]
-    prompts += [prompts[-1]] * (batch_size - len(prompts))
-    budget = max(len(y) for _, y in chunk)
-    generated = generate(model, params, prompts, max_new_tokens=budget, temperature=0.0)
-    out += [g[:len(y)] for g, (_, y) in zip(generated, chunk)]
-  return out

@@ -20,102 +20,21 @@ import json
 import logging
 import os
 import random
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence
+
+from steerjax.eval.templates import (KINDS, MAX_RATING, PROMPTS, parse_rating,  # noqa: F401
+                                     render_prompt)
+from steerjax.store import JsonlStore as ReplyCache
 
 log = logging.getLogger(__name__)
 
-KINDS = ("concept", "instruction", "fluency")
-MAX_RATING = 2
 CACHE_FILE = "judge_cache.jsonl"
 # A wrong key, endpoint or model: every request would fail alike, so stop at once.
 FATAL_STATUS = (401, 403, 404)
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "steerjax", "judge")
-
-_ANSWER_FORMAT = """\
-First explain your judgement in two or three sentences. Then finish with one last line of \
-exactly this form, where k is 0, 1 or 2:
-Rating: [[k]]"""
-
-CONCEPT_PROMPT = """\
-You are grading a piece of text on a single question: does it bring in the given concept?
-
-Concept: {concept}
-
-Text:
-{continuation}
-
-Scale:
-0 - the concept is absent from the text.
-1 - the concept shows up only partly, vaguely, or in a forced, awkward way.
-2 - the concept is clearly present in the text.
-
-Grade only the presence of the concept; ignore grammar, style and whether the text \
-follows any request.
-""" + _ANSWER_FORMAT
-
-INSTRUCTION_PROMPT = """\
-You are grading a piece of text on a single question: is it a response related to the \
-given instruction?
-
-Instruction: {instruction}
-
-Text:
-{continuation}
-
-Scale:
-0 - the text has nothing to do with the instruction.
-1 - the text is somewhat related to the instruction, or addresses it only in part.
-2 - the text clearly relates to and addresses the instruction.
-
-Grade only how the text relates to the instruction; ignore grammar, style and any \
-unrelated topic the text drifts into.
-""" + _ANSWER_FORMAT
-
-FLUENCY_PROMPT = """\
-You are grading a piece of text on a single question: how fluent is it?
-
-Text:
-{continuation}
-
-Scale:
-0 - the text is incomprehensible, broken, or keeps repeating itself.
-1 - the text is somewhat fluent: mostly readable, with clumsy or broken passages.
-2 - the text is fluent, natural language.
-
-Grade only the quality of the language; ignore what the text is about and whether it \
-follows any request.
-""" + _ANSWER_FORMAT
-
-PROMPTS = {"concept": CONCEPT_PROMPT, "instruction": INSTRUCTION_PROMPT,
-           "fluency": FLUENCY_PROMPT}
-
-_RATING = re.compile(r"rating\s*:", re.IGNORECASE)
-_VALUE = re.compile(r"\s*\[*\s*(-?\d+(?:\.\d+)?)\s*\]*")
-
-
-def render_prompt(kind: str, item: Mapping[str, str]) -> str:
-  """The judge prompt for criterion `kind` of one item."""
-  return PROMPTS[kind].format(concept=item["concept"], instruction=item["instruction"],
-                              continuation=item["continuation"])
-
-
-def parse_rating(text: Optional[str]) -> Tuple[int, bool]:
-  """-> (rating, ok) from the last `Rating:` in `text`; (0, False) if unreadable or not 0..2."""
-  marks = list(_RATING.finditer(text or ""))
-  if not marks:
-    return 0, False
-  value = _VALUE.match(text, marks[-1].end())
-  if not value:
-    return 0, False
-  number = float(value.group(1))
-  if number != int(number) or not 0 <= number <= MAX_RATING:
-    return 0, False
-  return int(number), True
-
 
 def request_key(request: Mapping) -> str:
   """sha256 of the request (model, messages, temperature, max_tokens) as canonical JSON."""
@@ -143,66 +62,21 @@ class JudgeStats:
             if not f.name.startswith("_")}
 
 
-class ReplyCache:
-  """Append-only JSON-lines file of {"key", "reply"}; one write per line.
+class Judge(Protocol):
+  """What every judge offers (OpenAIJudge, LocalJudge, OfflineJudge): `rate(items)` with
+  items {"concept", "instruction", "continuation"} -> per item {"concept_score",
+  "instruction_score", "fluency_score", "ok"}; `stats`; `name` (identifies it in caches);
+  `close()`."""
+  name: str
+  stats: JudgeStats
 
-  A line cut short by a killed process is skipped on load, and the next append starts on a
-  fresh line, so the file stays readable after any interruption.
-  """
+  def rate(self, items: Sequence[Mapping[str, str]]) -> List[dict]: ...
 
-  def __init__(self, path: str):
-    self.path = path
-    self._replies: Dict[str, str] = {}
-    self._lock = threading.Lock()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    self._load()
-    self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    if os.path.getsize(path) and not self._ends_with_newline():
-      os.write(self._fd, b"\n")
-
-  def _ends_with_newline(self) -> bool:
-    with open(self.path, "rb") as f:
-      f.seek(-1, os.SEEK_END)
-      return f.read(1) == b"\n"
-
-  def _load(self):
-    if not os.path.exists(self.path):
-      return
-    skipped = 0
-    with open(self.path, "rb") as f:
-      for line in f:
-        try:
-          entry = json.loads(line)
-          self._replies[entry["key"]] = entry["reply"]
-        except (ValueError, KeyError, TypeError):
-          skipped += line.strip() != b""
-    if skipped:
-      log.warning("judge cache %s: skipped %d unreadable line(s)", self.path, skipped)
-
-  def get(self, key: str) -> Optional[str]:
-    with self._lock:
-      return self._replies.get(key)
-
-  def put(self, key: str, reply: str):
-    line = json.dumps({"key": key, "reply": reply}, ensure_ascii=False) + "\n"
-    with self._lock:
-      if key in self._replies:
-        return
-      os.write(self._fd, line.encode("utf-8"))
-      self._replies[key] = reply
-
-  def __len__(self):
-    return len(self._replies)
-
-  def close(self):
-    with self._lock:
-      if self._fd is not None:
-        os.close(self._fd)
-        self._fd = None
+  def close(self): ...
 
 
 class _Judge:
-  """Prompting, caching, de-duplication and parsing shared by the judges."""
+  """Prompting, caching, de-duplication and parsing shared by the LLM judges."""
 
   def __init__(self, cache_dir: Optional[str]):
     self.stats = JudgeStats()
@@ -238,6 +112,17 @@ class _Judge:
 
     replies = self.replies(requests)
     return [self._scores(item_keys, replies) for item_keys in keys]
+
+  def ask(self, prompts: Sequence[str]) -> List[str]:
+    """Free-form replies of the judge's model (for writing texts), through its cache,
+    retries and counters. Raises when a request failed (uncached, so a rerun asks again)."""
+    requests = [self._request(p) for p in prompts]
+    keys = [request_key(r) for r in requests]
+    replies = self.replies(dict(zip(keys, requests)))
+    if any(replies[k] is None for k in keys):
+      raise RuntimeError("some requests to the judge model failed after all retries; rerun to "
+                         "ask them again (replies that did arrive are cached)")
+    return [replies[k].strip() for k in keys]
 
   def replies(self, requests: Mapping[str, dict]) -> Dict[str, Optional[str]]:
     """{key: reply} for {key: request}: cached replies first, the rest asked (None = failed)."""
@@ -343,7 +228,7 @@ class OpenAIJudge(_Judge):
       raise ValueError(f"need concurrency >= 1 and max_retries >= 0, "
                        f"got {concurrency} and {max_retries}")
     super().__init__(cache_dir)
-    self.base_url, self.model = base_url, model
+    self.base_url, self.model, self.name = base_url, model, model
     self.temperature, self.max_tokens = temperature, max_tokens
     self.concurrency, self.max_retries = concurrency, max_retries
     self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s

@@ -31,8 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from steerjax.data.tinystories import CONCEPTS, Concept
+from steerjax.eval.judge import JudgeStats
+from steerjax.eval.scoring import RATINGS
 
-RATING_KEYS = ("concept_score", "instruction_score", "fluency_score")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,14 +108,6 @@ def fluency_rating(nll: float, repeated: float, t: Thresholds = THRESHOLDS) -> i
   return 1
 
 
-def harmonic_score(rating: Mapping[str, int]) -> float:
-  """AxBench's per-generation score: harmonic mean of the three ratings, 0 if any is 0."""
-  values = [rating[k] for k in RATING_KEYS]
-  if min(values) == 0:
-    return 0.0
-  return len(values) / sum(1.0 / v for v in values)
-
-
 # ---------------------------------------------------------------- the judge
 
 def _token_nll(model, params, tokens_BT):
@@ -132,8 +125,11 @@ class OfflineJudge:
   `max_tokens - 1` tokens is scored on its first `max_tokens - 1`.
   """
 
+  name = "offline"
+
   def __init__(self, model, params, tokenizer, concepts: Optional[Mapping[str, Concept]] = None,
                thresholds: Thresholds = THRESHOLDS, batch_size: int = 32, max_tokens: int = 192):
+    self.stats = JudgeStats()
     self.params, self.tokenizer = params, tokenizer
     self.concepts = dict(CONCEPTS if concepts is None else concepts)
     self.thresholds, self.batch_size, self.max_tokens = thresholds, batch_size, max_tokens
@@ -167,13 +163,16 @@ class OfflineJudge:
     return out
 
   def rate(self, items: Sequence[Mapping]) -> list:
-    """[{"concept_score", "instruction_score", "fluency_score"}] in the order of `items`."""
-    return [self.rating(m) for m in self.measure(items)]
+    """[{"concept_score", "instruction_score", "fluency_score", "ok"}] in item order."""
+    return [dict(self.rating(m), ok=True) for m in self.measure(items)]
+
+  def close(self):
+    pass
 
   def rating(self, measured: Mapping) -> dict:
     """The three ratings from one `measure` result."""
     if measured["tokens"] == 0:
-      return dict.fromkeys(RATING_KEYS, 0)
+      return dict.fromkeys(RATINGS, 0)
     t = self.thresholds
     return {"concept_score": concept_rating(measured["mentions"]),
             "instruction_score": instruction_rating(measured["shared_words"], measured["pmi"], t),

@@ -16,6 +16,7 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+RATINGS = ("concept_score", "instruction_score", "fluency_score")
 SELECTION_IDS = tuple(range(0, 5))
 EVAL_IDS = tuple(range(5, 10))
 MAX_RATING = 2
@@ -128,6 +129,38 @@ def aggregate(per_concept_scores: Union[Mapping, Sequence[float]], n_boot: int =
   ci_low, ci_high = np.percentile(resampled, [2.5, 97.5])
   return dict(mean=float(values.mean()), ci_low=float(ci_low), ci_high=float(ci_high),
               std=float(values.std()), n=int(values.size))
+
+
+def score_method(name: str, records: Sequence[Mapping], grid: bool) -> list:
+  """Per-concept rows of one method: the reported score (`overall`: grid methods, the
+  factor picked on the selection ids scored on the eval ids; others, all ids) and the mean
+  of each rating over the same records. `factor` is the picked one, else the record's
+  `learned_factor` (None for untrained methods)."""
+  records = list(records)
+  if grid:
+    chosen, overall = select_factor(records), score_grid(records)
+    keep = [r for r in records if r["factor"] == chosen[r["concept_id"]]
+            and r["instruction_id"] in EVAL_IDS]
+  else:
+    chosen, overall, keep = {}, score_joint(records), records
+  rows = []
+  for cid in overall:
+    mine = [r for r in keep if r["concept_id"] == cid]
+    rows.append({"method": name, "concept_id": cid, "concept": mine[0]["concept"],
+                 "factor": chosen.get(cid, mine[0].get("learned_factor")), "n": len(mine),
+                 **{k: float(np.mean([r[k] for r in mine])) for k in RATINGS},
+                 "overall": overall[cid]})
+  return rows
+
+
+def summarize(name: str, rows: Sequence[Mapping], records: Sequence[Mapping]) -> dict:
+  """One method's summary over its per-concept rows: mean overall score with a bootstrap
+  95% CI and the std across concepts, the mean of each rating, and the work it took."""
+  agg = aggregate({r["concept_id"]: r["overall"] for r in rows})
+  return {"method": name, "concepts": agg["n"], "overall": agg["mean"],
+          "ci_low": agg["ci_low"], "ci_high": agg["ci_high"], "concept_std": agg["std"],
+          **{k.replace("_score", ""): float(np.mean([r[k] for r in rows])) for k in RATINGS},
+          "generations": len(records), "judge_calls": 3 * len(records)}
 
 
 def _cell(value, digits: int) -> str:

@@ -289,9 +289,16 @@ def resolve(path_or_id: str, data_root: Optional[str] = None) -> str:
     raise LoadError(f"model {path_or_id!r} not found: not a local path, not under the data root "
                     f"({root or 'unset; set STEERJAX_DATA'}), and not a hub id like 'org/name'")
   from huggingface_hub import hf_hub_download, snapshot_download
-  if filename:
-    return hf_hub_download(hub_id, filename)
-  return snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+  try:
+    if filename:
+      return hf_hub_download(hub_id, filename)
+    return snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+  except Exception as err:  # offline, gated or missing: say where else it could come from
+    where = f"the data root {root}" if root else "no data root (STEERJAX_DATA is unset)"
+    raise LoadError(f"model {path_or_id!r}: not found under {where}, and the hub download of "
+                    f"{hub_id} failed ({type(err).__name__}). Set STEERJAX_DATA to a folder "
+                    f"that holds {filename or os.path.basename(hub_id)}, or pass a local "
+                    "path.") from None
 
 
 def load(path_or_id: str, dtype=jnp.float32, data_root: Optional[str] = None):

@@ -1,6 +1,6 @@
 """Memory plan: bytes per device for SV training and generation on the paper's models.
 
-  PYTHONPATH=. python experiments/memory_plan.py [--plans NAME ...] [--out docs/memory_plan.md]
+  PYTHONPATH=. python -m experiments.bench.memory_plan [--plans NAME ...] [--out TABLES.md]
 
 Dry runs only: params, batches and caches are `jax.ShapeDtypeStruct`s with shardings from
 steerjax.sharding's default rules, and the real programs (the sharded train step with the
@@ -26,29 +26,24 @@ backward" does not depend on the backend's fusions.
 
 from __future__ import annotations
 
-import os
+import argparse
+import dataclasses
+import functools
+import math
+import time
 
-# Fake CPU devices for the largest mesh below; the flag only touches the CPU backend.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=16")
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import functools  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
+from steerjax import generate, sharding, train
+from steerjax.data.batching import ConceptData
+from steerjax.models import Decoder, preset
+from steerjax.steering import SteerSpec
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
-
-from steerjax import generate, sharding, train  # noqa: E402
-from steerjax.data.batching import ConceptData  # noqa: E402
-from steerjax.models import Decoder, preset  # noqa: E402
-from steerjax.steering import SteerSpec  # noqa: E402
-
+FAKE_CPU_DEVICES = 16   # the largest mesh below
 N_EXAMPLES, PROMPT, RESPONSE = 72, 32, 128
 BATCH = {"lang": 12, "simpo": 6}
 GEN_PROMPTS, GEN_PROMPT_LEN, NEW_TOKENS = 10, 32, 128
@@ -94,22 +89,21 @@ def peak(mem) -> int:
           + mem.temp_size_in_bytes)
 
 
-def abstract_store(model, params, spec, opts):
+def abstract_store(model, params, spec, step_cfg, run_cfg):
   """Shapes of the example store with the prefix cache, as `train.precompute` builds it."""
-  neutral = [[3] * RESPONSE] * N_EXAMPLES if train.needs_neutral(opts.objective) else None
+  neutral = [[3] * RESPONSE] * N_EXAMPLES if train.needs_neutral(step_cfg.objective) else None
   concept = ConceptData("c", [[1] * PROMPT] * N_EXAMPLES, [[2] * RESPONSE] * N_EXAMPLES, neutral)
-  data, _ = train.prepare_data([concept], opts.objective, model.cfg.pad_id)
-  return jax.eval_shape(lambda p: train.precompute(model, p, spec, data, opts, log=quiet), params)
+  data, _ = train.prepare_data([concept], step_cfg.objective, model.cfg.pad_id)
+  return jax.eval_shape(
+      lambda p: train.precompute(model, p, spec, data, step_cfg, run_cfg, log=quiet), params)
 
 
-def saved_for_backward(model, spec, opts, shardings, state, params, store, rows) -> int:
+def saved_for_backward(model, spec, step_cfg, shardings, state, params, store, rows) -> int:
   """Per-device bytes that the backward pass reads from the forward: jax.vjp's residuals
   (inputs excluded), laid out as the SPMD partitioner lays them out. Backend-neutral up to
   that layout, unlike XLA:CPU's temporaries."""
-  step_opts = train.step_options(opts)
-
   def forward(sv, params, store, idx, group):
-    return jax.vjp(lambda s: train.loss_fn(s, model, spec, step_opts, 1, params, store, idx,
+    return jax.vjp(lambda s: train.loss_fn(s, model, spec, step_cfg, 1, params, store, idx,
                                            group, None), sv)
   args = (state["sv"], params, store, rows, rows)
   jaxpr = jax.make_jaxpr(forward)(*args).jaxpr
@@ -131,15 +125,15 @@ def saved_for_backward(model, spec, opts, shardings, state, params, store, rows)
 def train_row(model, mesh, params, params_sh, layer, objective):
   """Per-device bytes of one sharded train step."""
   batch, width = BATCH[objective], model.cfg.dim
-  opts = train.TrainOptions(objective=objective, batch_size=batch, prefix_cache="on",
-                            prefix_cache_max_bytes=1 << 40)
-  spec, total = SteerSpec(layer, "f2+l2"), N_EXAMPLES // batch * opts.epochs
-  tx, _ = train.optimizer_for(width, opts, total)
-  state = jax.eval_shape(lambda: train.fresh_state(opts, width, [0], total))
-  store = abstract_store(model, params, spec, opts)
+  step_cfg = train.StepConfig(objective=objective, batch_size=batch)
+  run_cfg = train.RunConfig(prefix_cache="on", prefix_cache_max_bytes=1 << 40)
+  spec, total = SteerSpec(layer, "f2+l2"), N_EXAMPLES // batch * step_cfg.epochs
+  tx, _ = train.optimizer_for(width, step_cfg, run_cfg, total)
+  state = jax.eval_shape(lambda: train.fresh_state(step_cfg, run_cfg, width, [0], total))
+  store = abstract_store(model, params, spec, step_cfg, run_cfg)
   shardings = sharding.train_shardings(mesh, None, state, params_sh, store, groups=1, rows=batch)
-  step = functools.partial(train.train_step, model=model, spec=spec,
-                           opts=train.step_options(opts), groups=1, tx=tx)
+  step = functools.partial(train.train_step, model=model, spec=spec, step=step_cfg, groups=1,
+                           tx=tx)
   rows = jax.ShapeDtypeStruct((batch,), jnp.int32)
   mem = sharding.jit_train_step(step, mesh, shardings).lower(
       state, params, store, rows, rows).compile().memory_analysis()
@@ -148,7 +142,8 @@ def train_row(model, mesh, params, params_sh, layer, objective):
   return dict(params=per_device_bytes(params, params_sh),
               prefix_cache=per_device_bytes(cache, cache_sh),
               sv_state=per_device_bytes(state, shardings[0]),
-              saved=saved_for_backward(model, spec, opts, shardings, state, params, store, rows),
+              saved=saved_for_backward(model, spec, step_cfg, shardings, state, params, store,
+                                       rows),
               activations=mem.temp_size_in_bytes, peak=peak(mem))
 
 
@@ -162,12 +157,12 @@ def generation_row(model, mesh, params, params_sh, layer):
   tokens = jax.ShapeDtypeStruct((GEN_PROMPTS, GEN_PROMPT_LEN), jnp.int32, sharding=batch)
   valid = jax.ShapeDtypeStruct(tokens.shape, jnp.bool_, sharding=batch)
   params = with_shardings(params, params_sh)
-  prefill = generate._prefill.lower(model, spec, GEN_PROMPT_LEN + NEW_TOKENS, params, sv, None,
-                                    tokens, valid).compile()
+  prefill = generate.prefill.lower(model, spec, GEN_PROMPT_LEN + NEW_TOKENS, params, sv, None,
+                                   tokens, valid).compile()
   logits, cache = prefill.out_info
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-  decode = generate._decode.lower(model, spec, NEW_TOKENS, 1.0, 1.0, tuple(model.cfg.stop_ids),
-                                  False, params, sv, None, logits, cache, rng).compile()
+  decode = generate.decode.lower(model, spec, NEW_TOKENS, 1.0, 1.0, tuple(model.cfg.stop_ids),
+                                 False, params, sv, None, logits, cache, rng).compile()
   kv = {"k": cache["k"], "v": cache["v"]}
   prefill_mem, decode_mem = prefill.memory_analysis(), decode.memory_analysis()
   return dict(params=per_device_bytes(params, params_sh),
@@ -258,6 +253,8 @@ def tables(results, remat: bool) -> str:
 
 
 def main():
+  # Fake CPU devices; must precede the first use of jax (the --target default below).
+  jax.config.update("jax_num_cpu_devices", FAKE_CPU_DEVICES)
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--plans", nargs="*", default=list(PLANS), choices=list(PLANS))
   parser.add_argument("--no-remat", dest="remat", action="store_false",

@@ -10,8 +10,8 @@ For each set it prints the rating distributions and the measurements behind them
 fluency thresholds against real vs shuffled text and the relevance rule against real vs
 mismatched continuations, and prints the concept rating's confusion table.
 
-  cd /work/main && PYTHONPATH=. STEERJAX_DATA=/work/shared/assets \
-      python experiments/calibrate_judge.py
+  PYTHONPATH=. STEERJAX_DATA=../shared/assets \
+      python -m experiments.paper.calibrate_judge
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ import numpy as np
 
 from steerjax import paths
 from steerjax.data import tinystories as ts
-from steerjax.eval.offline_judge import RATING_KEYS, THRESHOLDS, OfflineJudge, harmonic_score
-from steerjax.generate import generate
+from steerjax.eval.offline_judge import THRESHOLDS, OfflineJudge
+from steerjax.eval.scoring import RATINGS, record_score
+from steerjax.generate import generate_many
 from steerjax.models import load, load_tokenizer
 
 MODEL = "stories260K/stories260K.bin"
-COMMAND = ("cd /work/main && PYTHONPATH=. STEERJAX_DATA=/work/shared/assets "
-           "python experiments/calibrate_judge.py")
+COMMAND = ("PYTHONPATH=. STEERJAX_DATA=../shared/assets "
+           "python -m experiments.paper.calibrate_judge")
 MIN_CONTINUATION_TOKENS = 16
 SETS = ("real", "greedy", "mismatched", "shuffled", "looped")
 
@@ -67,14 +68,10 @@ def loop_words(text, size=6, times=5):
 
 
 def greedy_continuations(model, params, tokenizer, openings, budget, batch_size=64):
-  out = []
-  for start in range(0, len(openings), batch_size):
-    prompts = [tokenizer.encode(o, bos=True) for o in openings[start:start + batch_size]]
-    n = len(prompts)
-    prompts += [prompts[-1]] * (batch_size - n)
-    ids = generate(model, params, prompts, max_new_tokens=budget)[:n]
-    out += [tokenizer.decode(x) for x in ids]
-  return out
+  prompts = [tokenizer.encode(o, bos=True) for o in openings]
+  ids = generate_many(model, params, prompts, max_new_tokens=budget, batch_size=batch_size,
+                      fixed_batch=True)
+  return [tokenizer.decode(x) for x in ids]
 
 
 def text_sets(real, model, params, tokenizer, budget, seed):
@@ -197,7 +194,7 @@ def _distribution_lines(measured, ratings):
     concept, mean = "-", "-"
     if name == "y_c":
       concept = shares(ratings[name], "concept_score")
-      mean = f"{np.mean([harmonic_score(r) for r in ratings[name]]):.2f}"
+      mean = f"{np.mean([record_score(r) for r in ratings[name]]):.2f}"
     lines.append(fmt_row([name, shares(ratings[name], "instruction_score"),
                           shares(ratings[name], "fluency_score"), concept, mean]))
   lines += ["", "Concept ratings and scores are only meaningful for `y_c`: the other sets are "
@@ -272,7 +269,7 @@ def _confusion_lines(confusion):
 def print_console(measured, ratings, confusion):
   for name in SETS + ("y_c",):
     parts = [f"{k.split('_')[0]} " + "/".join(f"{x:.2f}" for x in distribution(ratings[name], k))
-             for k in RATING_KEYS]
+             for k in RATINGS]
     nll = percentiles([m["nll"] for m in measured[name]], (0, 50, 100))
     print(f"{name:11s} " + "  ".join(parts) + "  nll min/med/max " +
           "/".join(f"{v:.2f}" for v in nll.values()))

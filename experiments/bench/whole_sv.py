@@ -11,7 +11,7 @@ reference log-probs (SimPO) and every step, batches in the same order. Each stee
 runs once first to compile (reported separately as first run - median); the three variants
 are interleaved in every round. The final SVs of the two frameworks are compared.
 
-  PYTHONPATH=. python experiments/bench_whole_sv.py [--quick] [--out /tmp/bench_whole_sv.json]
+  PYTHONPATH=. python -m experiments.bench.whole_sv [--quick] [--out /tmp/bench_whole_sv.json]
 """
 
 from __future__ import annotations
@@ -21,13 +21,19 @@ import shutil
 import tempfile
 import time
 
-import bench_common as bc  # first: sets the OpenMP wait policy before torch loads
-import numpy as np
-import torch
-import torch_reference as tr
-from steerjax.data.batching import batch_indices
-from steerjax.steering import SteerSpec
-from steerjax.train import TrainOptions, initial_sv, prepare_data, train_concepts
+from experiments.bench import common as bc
+
+if __name__ == "__main__":
+  bc.setup_env()  # before torch loads
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from experiments.bench import torch_reference as tr  # noqa: E402
+from steerjax.data.batching import batch_indices  # noqa: E402
+from steerjax.steering import SteerSpec  # noqa: E402
+from steerjax.train import (RunConfig, StepConfig, initial_sv, prepare_data,  # noqa: E402
+                            train_concepts)
 
 EXAMPLES = 72
 # Table 11, Gemma-2-2B PrOSV: beta, lam, lr_factor, lr_direction.
@@ -35,40 +41,43 @@ SETTINGS = {"lang": (4.0, 8.0, 10.0, 0.04), "simpo": (4.0, 8.0, 20.0, 0.04)}
 quiet = lambda *a, **k: None
 
 
-def options(objective: str, epochs: int, cache: str) -> TrainOptions:
+def options(objective: str, epochs: int, cache: str):
+  """(StepConfig, RunConfig) of one benchmark run."""
   beta, lam, lr_f, lr_d = SETTINGS[objective]
-  return TrainOptions(objective=objective, beta=beta, lam=lam, lr_factor=lr_f, lr_direction=lr_d,
-                      batch_size=bc.BATCH, epochs=epochs, prefix_cache=cache,
+  step_cfg = StepConfig(objective=objective, batch_size=bc.BATCH, epochs=epochs)
+  run_cfg = RunConfig(beta=beta, lam=lam, lr_factor=lr_f, lr_direction=lr_d, prefix_cache=cache,
                       log_every=10**6, checkpoint_every=10**6)
+  return step_cfg, run_cfg
 
 
-def jax_run(model, params, spec, concept, opts, root):
+def jax_run(model, params, spec, concept, step_cfg, run_cfg, root):
   def run():
     workdir = tempfile.mkdtemp(dir=root)
     try:
-      return train_concepts(model, params, spec, [concept], [0], opts, workdir, log=quiet)
+      return train_concepts(model, params, spec, [concept], [0], step_cfg, run_cfg, workdir,
+                            log=quiet)
     finally:
       shutil.rmtree(workdir, ignore_errors=True)
   return run
 
 
-def torch_run(hf, layer, positions, data, opts, sv0, max_steps=0):
+def torch_run(hf, layer, positions, data, step_cfg, run_cfg, sv0, max_steps=0):
   """A callable that trains one SV with the reference, from `sv0`, and returns it."""
   seqs = {name: tr.to_torch(seq) for name, seq in data.items()}
-  per_epoch = EXAMPLES // opts.batch_size
-  total = per_epoch * opts.epochs
+  per_epoch = EXAMPLES // step_cfg.batch_size
+  total = per_epoch * step_cfg.epochs
 
   def run():
-    trainer = tr.TorchTrainer(hf, layer, positions, opts.objective, float(sv0["factor"][0]),
-                              sv0["direction"][0], opts.lr_factor, opts.lr_direction, total,
-                              opts.clip_direction)
+    trainer = tr.TorchTrainer(hf, layer, positions, step_cfg.objective, float(sv0["factor"][0]),
+                              sv0["direction"][0], run_cfg.lr_factor, run_cfg.lr_direction,
+                              total, step_cfg.clip_direction)
     try:
       batches = {name: dict(seq) for name, seq in seqs.items()}
-      if opts.objective == "simpo":
+      if step_cfg.objective == "simpo":
         for name in ("pos", "neg"):
           batches[name]["ref"] = trainer.reference_logprobs(seqs[name])
       for step in range(max_steps or total):
-        idx = torch.as_tensor(batch_indices(EXAMPLES, opts.batch_size, opts.seed, step))
+        idx = torch.as_tensor(batch_indices(EXAMPLES, step_cfg.batch_size, run_cfg.seed, step))
         trainer.step({name: {k: v[idx] for k, v in seq.items()} for name, seq in batches.items()})
       return {"factor": trainer.sv.factor.detach().numpy()[None],
               "direction": trainer.sv.direction.detach().numpy()[None]}
@@ -89,19 +98,19 @@ def compare(a, b) -> dict:
 def bench_objective(hf, model, params, shape, objective, args):
   spec = SteerSpec(args.layer, "f2+l2")
   concept = bc.concept_data("whole", EXAMPLES, shape["vocab"], seed=7)
-  opts = options(objective, args.epochs, "on")
+  step_cfg, run_cfg = options(objective, args.epochs, "on")
   data, _ = prepare_data([concept], objective, model.cfg.pad_id)
-  sv0 = {k: np.asarray(v) for k, v in initial_sv(opts, shape["dim"], [0]).items()}
+  sv0 = {k: np.asarray(v) for k, v in initial_sv(step_cfg, run_cfg, shape["dim"], [0]).items()}
   root = tempfile.mkdtemp(prefix="bench_whole_sv_")
-  fns = {"torch": torch_run(hf, args.layer, spec.positions, data, opts, sv0)}
+  fns = {"torch": torch_run(hf, args.layer, spec.positions, data, step_cfg, run_cfg, sv0)}
   first, outputs = {}, {}
   for name, cache in (("jax_cache", "on"), ("jax_nocache", "off")):
-    fns[name] = jax_run(model, params, spec, concept, dataclasses.replace(opts, prefix_cache=cache),
-                        root)
+    fns[name] = jax_run(model, params, spec, concept, step_cfg,
+                        dataclasses.replace(run_cfg, prefix_cache=cache), root)
     t0 = time.perf_counter()
     outputs[name] = fns[name]()
     first[name] = time.perf_counter() - t0
-  torch_run(hf, args.layer, spec.positions, data, opts, sv0, max_steps=1)()   # warm-up
+  torch_run(hf, args.layer, spec.positions, data, step_cfg, run_cfg, sv0, max_steps=1)()  # warm-up
   outputs["torch"] = None
   times = bc.interleaved(fns, args.reps, warmup=0, log=print)
   outputs["torch"] = fns["torch"]()

@@ -5,13 +5,12 @@ learning rates, measures the coordinate size (RMS over the n entries) of alpha0*
 the first step's change of alpha*v, under the prescribed scaling (lr_factor * sqrt(n/64),
 lr_direction * sqrt(64/n)) and with both learning rates held equal and fixed.
 
-  python experiments/width_transfer.py --out=docs/width_transfer.png
+  PYTHONPATH=. python -m experiments.paper.width_transfer --out=docs/width_transfer.png
 """
 
 import argparse
 import dataclasses
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +19,12 @@ import numpy as np
 from steerjax.data.batching import ConceptData
 from steerjax.models import Decoder, ModelConfig
 from steerjax.steering import SteerSpec
-from steerjax.train import TrainOptions, initial_sv, train_concepts
+from steerjax.train import RunConfig, StepConfig, initial_sv, train_concepts
 
 REF_WIDTH = 64
-BASE = TrainOptions(beta=1.0, lam=1.0, lr_factor=1.0, lr_direction=0.04, batch_size=4, epochs=1,
-                    max_steps=1, log_every=1000, checkpoint_every=1000, prefix_cache="on")
+STEP = StepConfig(batch_size=4, epochs=1)
+BASE = RunConfig(beta=1.0, lam=1.0, lr_factor=1.0, lr_direction=0.04, max_steps=1,
+                 log_every=1000, checkpoint_every=1000, prefix_cache="on")
 EQUAL_LR = 0.04
 
 
@@ -47,12 +47,12 @@ def measure(widths, scaled: bool, workdir: str = None):
   import tempfile
   rows = []
   for n in widths:
-    opts = (dataclasses.replace(BASE, ref_width=REF_WIDTH) if scaled else
-            dataclasses.replace(BASE, lr_factor=EQUAL_LR, lr_direction=EQUAL_LR, ref_width=0))
+    run = (dataclasses.replace(BASE, ref_width=REF_WIDTH) if scaled else
+           dataclasses.replace(BASE, lr_factor=EQUAL_LR, lr_direction=EQUAL_LR, ref_width=0))
     model, params = _model(n)
-    sv0 = initial_sv(opts, n, [0])
+    sv0 = initial_sv(STEP, run, n, [0])
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-      sv1 = train_concepts(model, params, SteerSpec(0, "all"), _data(), [0], opts, tmp,
+      sv1 = train_concepts(model, params, SteerSpec(0, "all"), _data(), [0], STEP, run, tmp,
                            log=lambda *a, **k: None)
     z0 = np.asarray(sv0["factor"])[0] * np.asarray(sv0["direction"])[0]
     z1 = sv1["factor"][0] * sv1["direction"][0]

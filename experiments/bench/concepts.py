@@ -7,7 +7,7 @@ lengths), batch 12 per concept, `--epochs` epochs, Lang, PrOSV f2+l2. One call o
 host); the first run of each C also compiles and is reported separately. Runs of all C are
 interleaved in every round.
 
-  PYTHONPATH=. python experiments/bench_concepts.py [--quick] [--out /tmp/bench_concepts.json]
+  PYTHONPATH=. python -m experiments.bench.concepts [--quick] [--out /tmp/bench_concepts.json]
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import shutil
 import tempfile
 import time
 
-import bench_common as bc
+from experiments.bench import common as bc
 from steerjax.models import load
 from steerjax.steering import SteerSpec
-from steerjax.train import TrainOptions, train_concepts
+from steerjax.train import RunConfig, StepConfig, train_concepts
 
-STORIES = os.path.join(os.environ["STEERJAX_DATA"], "stories260K", "stories260K.bin")
+STORIES = os.path.join("stories260K", "stories260K.bin")
 EXAMPLES = 72
 quiet = lambda *a, **k: None
 
@@ -33,13 +33,13 @@ def make_concepts(count: int, vocab: int, response_len: int):
           for i in range(count)]
 
 
-def runner(model, params, spec, concepts, opts, root):
+def runner(model, params, spec, concepts, step_cfg, run_cfg, root):
   """A callable that trains all `concepts` together from scratch in a fresh workdir."""
   def run():
     workdir = tempfile.mkdtemp(dir=root)
     try:
-      return train_concepts(model, params, spec, concepts, list(range(len(concepts))), opts,
-                            workdir, log=quiet)
+      return train_concepts(model, params, spec, concepts, list(range(len(concepts))), step_cfg,
+                            run_cfg, workdir, log=quiet)
     finally:
       shutil.rmtree(workdir, ignore_errors=True)
   return run
@@ -56,22 +56,23 @@ def main():
   args = p.parse_args()
   if args.quick:
     args.concepts, args.epochs = [1, 4, 16], 1
+  bc.setup_env()
   threads = bc.set_threads()
   if args.max_load:
     bc.wait_for_quiet(args.max_load)
   info = bc.machine()
   print(f"machine: {info['cpu']}, {threads} threads for XLA:CPU; load {info['loadavg_start']}")
-  model, params = load(STORIES)
+  model, params = load(os.path.join(os.environ["STEERJAX_DATA"], STORIES))
   cfg = model.cfg
   spec = SteerSpec(args.layer, "f2+l2")
-  opts = TrainOptions(objective=args.objective, batch_size=bc.BATCH, epochs=args.epochs,
-                      prefix_cache=args.prefix_cache, log_every=10**6,
-                      checkpoint_every=10**6)
+  step_cfg = StepConfig(objective=args.objective, batch_size=bc.BATCH, epochs=args.epochs)
+  run_cfg = RunConfig(prefix_cache=args.prefix_cache, log_every=10**6, checkpoint_every=10**6)
   steps = (EXAMPLES // bc.BATCH) * args.epochs
   root = tempfile.mkdtemp(prefix="bench_concepts_")
   fns, first = {}, {}
   for c in args.concepts:
-    fn = runner(model, params, spec, make_concepts(c, cfg.vocab_size, args.response), opts, root)
+    fn = runner(model, params, spec, make_concepts(c, cfg.vocab_size, args.response), step_cfg,
+                run_cfg, root)
     first[c] = bc.time_once(fn)
     fns[c] = fn
   times = bc.interleaved({f"C={c}": fns[c] for c in args.concepts}, args.reps, warmup=0,

@@ -11,7 +11,7 @@ medians, ratios, compile time of steerjax's first step and achieved matmul FLOP/
 share of the machine's fp32 matmul peak (measured here with jnp.dot and torch.mm). The
 first-step losses of the two frameworks are compared: they must agree to fp32 rounding.
 
-  PYTHONPATH=. python experiments/bench_train.py [--quick] [--out /tmp/bench_train.json]
+  PYTHONPATH=. python -m experiments.bench.train [--quick] [--out /tmp/bench_train.json]
 """
 
 from __future__ import annotations
@@ -19,14 +19,20 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import bench_common as bc  # first: sets the OpenMP wait policy before torch loads
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch_reference as tr
-from steerjax.steering import SteerSpec
-from steerjax.train import (TrainOptions, fresh_state, optimizer_for, precompute,
-                            prepare_data, step_options, train_step)
+from experiments.bench import common as bc
+
+if __name__ == "__main__":
+  bc.setup_env()  # before torch loads
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments.bench import torch_reference as tr  # noqa: E402
+from steerjax import losses  # noqa: E402
+from steerjax.steering import SteerSpec  # noqa: E402
+from steerjax.train import (RunConfig, StepConfig, fresh_state, optimizer_for,  # noqa: E402
+                            precompute, prepare_data, train_step)
 
 POSITIONS = {"PrOSV": "f2+l2", "FSSV": "all"}
 BETA, LAM = {"PrOSV": 4.0, "FSSV": 2.0}, {"PrOSV": 8.0, "FSSV": 1.0}
@@ -37,14 +43,13 @@ quiet = lambda *a, **k: None
 class JaxStepper:
   """steerjax's jitted train step on one fixed batch, with or without the prefix cache."""
 
-  def __init__(self, model, params, spec, opts, data, batch):
-    self.args = dict(model=model, spec=spec, opts=step_options(opts), groups=1,
-                     params=params)
-    self.tx, _ = optimizer_for(model.cfg.dim, opts, 1000)
-    self.state = fresh_state(opts, model.cfg.dim, [0], 1000)
+  def __init__(self, model, params, spec, step_cfg, run_cfg, data, batch):
+    self.args = dict(model=model, spec=spec, step=step_cfg, groups=1, params=params)
+    self.tx, _ = optimizer_for(model.cfg.dim, step_cfg, run_cfg, 1000)
+    self.state = fresh_state(step_cfg, run_cfg, model.cfg.dim, [0], 1000)
     self.sv0 = {k: np.array(v) for k, v in self.state["sv"].items()}
     t0 = time.perf_counter()
-    self.arrays = precompute(model, params, spec, data, opts, log=quiet)
+    self.arrays = precompute(model, params, spec, data, step_cfg, run_cfg, log=quiet)
     jax.block_until_ready(self.arrays)
     self.precompute_s = time.perf_counter() - t0
     self.idx = jnp.arange(batch, dtype=jnp.int32)
@@ -69,14 +74,14 @@ def bench_case(hf, model, params, shape, layer, objective, sv_kind, args):
   positions = POSITIONS[sv_kind]
   spec = SteerSpec(layer, positions)
   lr_f, lr_d = LR[sv_kind]
-  opts = TrainOptions(objective=objective, beta=BETA[sv_kind], lam=LAM[sv_kind], lr_factor=lr_f,
-                      lr_direction=lr_d, batch_size=args.batch, epochs=1)
+  step_cfg = StepConfig(objective=objective, batch_size=args.batch, epochs=1)
+  run_cfg = RunConfig(beta=BETA[sv_kind], lam=LAM[sv_kind], lr_factor=lr_f, lr_direction=lr_d)
   concept = bc.concept_data("bench", args.batch, shape["vocab"], seed=1, seq_len=args.seq)
   data, _ = prepare_data([concept], objective, model.cfg.pad_id)
   steppers, compile_s = {}, {}
   for name, cache in (("jax_cache", "on"), ("jax_nocache", "off")):
-    stepper = JaxStepper(model, params, spec, dataclasses.replace(opts, prefix_cache=cache), data,
-                         args.batch)
+    stepper = JaxStepper(model, params, spec, step_cfg,
+                         dataclasses.replace(run_cfg, prefix_cache=cache), data, args.batch)
     t0 = time.perf_counter()
     first_loss = stepper()
     compile_s[name] = time.perf_counter() - t0
@@ -94,7 +99,7 @@ def bench_case(hf, model, params, shape, layer, objective, sv_kind, args):
   for name in compile_s:   # the first call also ran one step
     compile_s[name] = max(compile_s[name] - med[name], 0.0)
   seq = data["pos"]["tokens"].shape[1]
-  n_seq = 2 if objective == "simpo" else 1
+  n_seq = losses.OBJECTIVES[objective].passes
   L = shape["layers"]
   window = data["pos"]["at"].shape[1]   # steerjax's head runs at the response window only
   full = n_seq * bc.step_flops(shape, args.batch, seq, L, L - layer - 1)

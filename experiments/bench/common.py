@@ -20,14 +20,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-os.environ.setdefault("STEERJAX_DATA", os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "assets")))
-# torch's OpenMP threads spin at barriers by default; on a machine shared with other jobs a
-# descheduled peer makes every barrier wait out a scheduler slice (measured here: torch's
-# train step 1.5x and its decode loop up to 10x slower). Passive waiting removes that; set
-# OMP_WAIT_POLICY yourself to override. Must happen before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 VOCAB = 32768
 PROMPT_LEN = 20        # mean prompt length (tokens, BOS included)
 SEQ_LEN = 160          # packed training length: prompt + response (+ pad)
@@ -35,6 +27,17 @@ BATCH = 12
 
 
 # ---------------------------------------------------------------------------- machine
+
+def setup_env() -> None:
+  """Defaults for a benchmark process; call before torch is imported. STEERJAX_DATA falls
+  back to the checkout's sibling shared/assets. torch's OpenMP threads spin at barriers by
+  default; on a machine shared with other jobs a descheduled peer makes every barrier wait
+  out a scheduler slice (measured here: torch's train step 1.5x and its decode loop up to
+  10x slower). Passive waiting removes that; set OMP_WAIT_POLICY yourself to override."""
+  os.environ.setdefault("STEERJAX_DATA", os.path.normpath(os.path.join(
+      os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "assets")))
+  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def usable_cores() -> int:
   """Cores this process may run on (XLA:CPU sizes its thread pool by this affinity mask)."""

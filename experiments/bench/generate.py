@@ -12,19 +12,24 @@ mode, how many greedy tokens the two frameworks agree on, and XLA's FLOP and byt
 each mode's compiled decode loop relative to the unsteered one (timing noise on a shared
 CPU is larger than the 2% / 5% budgets; the counts are not noisy).
 
-  PYTHONPATH=. python experiments/bench_generate.py [--quick] [--out /tmp/bench_generate.json]
+  PYTHONPATH=. python -m experiments.bench.generate [--quick] [--out /tmp/bench_generate.json]
 """
 
 from __future__ import annotations
 
 import time
 
-import bench_common as bc  # first: sets the OpenMP wait policy before torch loads
-import jax
-import numpy as np
-import torch_reference as tr
-from steerjax.generate import _decode, _prefill, generate, left_pad
-from steerjax.steering import SteerSpec, init_sv
+from experiments.bench import common as bc
+
+if __name__ == "__main__":
+  bc.setup_env()  # before torch loads
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments.bench import torch_reference as tr  # noqa: E402
+from steerjax.generate import decode, generate, left_pad, prefill  # noqa: E402
+from steerjax.steering import SteerSpec, init_sv  # noqa: E402
 
 MODES = {"unsteered": None, "PrOSV": "f2+l2", "FSSV": "all"}
 LAYER = 3   # steered block (0-based)
@@ -48,11 +53,11 @@ def jax_decode_fn(model, params, prompts, new, sv, positions):
   sv = None if spec is None else sv
   tokens, valid = left_pad(prompts, model.cfg.pad_id)
   size = tokens.shape[1] + new
-  logits, cache = _prefill(model, spec, size, params, sv, None, tokens, valid)
+  logits, cache = prefill(model, spec, size, params, sv, None, tokens, valid)
   rng = jax.random.key(0)
 
   def run():
-    out, _, n = _decode(model, spec, new, 0.0, 1.0, (), False, params, sv, None, logits, cache, rng)
+    out, _, n = decode(model, spec, new, 0.0, 1.0, (), False, params, sv, None, logits, cache, rng)
     return np.asarray(out)
   return run
 
@@ -63,9 +68,9 @@ def decode_cost(model, params, prompts, new, sv, positions) -> dict:
   spec = None if positions is None else SteerSpec(LAYER, positions)
   sv = None if spec is None else sv
   tokens, valid = left_pad(prompts, model.cfg.pad_id)
-  logits, cache = _prefill(model, spec, tokens.shape[1] + new, params, sv, None, tokens, valid)
-  compiled = _decode.lower(model, spec, new, 0.0, 1.0, (), False, params, sv, None, logits, cache,
-                           jax.random.key(0)).compile()
+  logits, cache = prefill(model, spec, tokens.shape[1] + new, params, sv, None, tokens, valid)
+  compiled = decode.lower(model, spec, new, 0.0, 1.0, (), False, params, sv, None, logits, cache,
+                          jax.random.key(0)).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {"flops": float(cost.get("flops", -1)), "bytes": float(cost.get("bytes accessed", -1))}

@@ -8,13 +8,14 @@ Studies (each resumable: finished runs are read back from OUT/runs/*.json):
   utility   held-out TinyStories NLL with the SV on (utility) vs steering score when the
             opening also says the concept is absent (robustness), FSSV factor x1, x0.8, x0.5
 
-  PYTHONPATH=. STEERJAX_DATA=../shared/assets python experiments/tinystories_study.py \
+  PYTHONPATH=. STEERJAX_DATA=../shared/assets python -m experiments.paper.tinystories_study \
       --study=main --seeds=42,43,44 --out=docs/tinystories
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -25,15 +26,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import demo as demo_config  # noqa: E402
-from steerjax import demo, experiment, losses  # noqa: E402
-from steerjax.data import concepts as concept_data  # noqa: E402
-from steerjax.data import tinystories  # noqa: E402
-from steerjax.data.batching import pack  # noqa: E402
-from steerjax.eval import scoring  # noqa: E402
-from steerjax.eval.offline_judge import OfflineJudge  # noqa: E402
-from steerjax.steering import positions_mask, steer  # noqa: E402
+from configs import demo as demo_config
+from steerjax import losses, methods
+from steerjax.data import sources, tinystories
+from steerjax.data.batching import pack
+from steerjax.eval import scoring
+from steerjax.eval.offline_judge import OfflineJudge
+from steerjax.jobs import common, demo
+from steerjax.steering import positions_mask, steer
 
 POSITIONS = ("all", "prompt", "f2", "l2", "f1+l1", "f4", "l4", "f2+l2", "f8", "l8", "f4+l4")
 BETAS = (1.0, 2.0, 4.0, 8.0)
@@ -50,6 +50,15 @@ PROSV = dict(demo_config.METHODS["prosv_lang"])
 N_TRAIN, BATCH, PREFIX_TOKENS = 12, 6, 96
 
 
+def _concept_word(concept: str) -> str:
+  """The shortest word of a concept's word set, e.g. 'dog' (for the robustness prompts)."""
+  return min(tinystories.CONCEPTS[concept].words, key=lambda w: (len(w), w))
+
+
+def _robust_opening(concept: str, text: str) -> str:
+  return text + " " + ROBUSTNESS_SUFFIX.format(word=_concept_word(concept))
+
+
 class Study:
   """Shared model, benchmark, judge and a results folder for one study."""
 
@@ -59,28 +68,49 @@ class Study:
     self.config.data.concepts = tuple(concepts)
     self.config.data.n_train = N_TRAIN
     self.config.data.prefix_tokens = PREFIX_TOKENS
-    self.bundle = experiment.load_model(self.config)
-    self.bench = concept_data.benchmark(self.config, self.bundle[2])
-    self.judge = OfflineJudge(self.bundle[0], self.bundle[1], self.bundle[2])
+    self.ctx = common.setup(self.config, log=lambda *a: None)
+    self.bundle = self.ctx.bundle
+    self.bench = sources.tinystories_benchmark(self.config, self.ctx.tok)
+    self.judge = OfflineJudge(*self.bundle)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
 
-  def run(self, key: str, overrides: dict, seed: int, epochs: int = 12, **kw):
-    """Result rows of one (method overrides, seed) run, cached in OUT/runs/KEY.json."""
-    path = os.path.join(self.out, "runs", f"{key}.json")
-    if os.path.exists(path):
-      return json.load(open(path))["rows"]
-    if self.cached_only:
-      return None
-    t0 = time.time()
+  def method(self, key: str, overrides: dict, seed: int, epochs: int = 12):
+    """(context, method) of one (method overrides, seed) run."""
     config = ml_collections.ConfigDict(self.config.to_dict())
     config.seed = seed
     config.train.epochs = epochs
     if "positions" in overrides:
       overrides = dict(overrides, batch_size=BATCH)
     config.method_overrides[key] = ml_collections.ConfigDict(overrides)
-    rows, gens = demo.run_method(key, config, os.path.join(self.out, "work", key), self.bundle,
-                                 self.bench, self.judge, jax.random.PRNGKey(seed),
-                                 log=lambda *a: None, **kw)
+    return dataclasses.replace(self.ctx, config=config), methods.from_config(config, key)
+
+  def svs(self, key: str, overrides: dict, seed: int, epochs: int = 12):
+    """The SVs of a trained run (trained now or read back) and the method."""
+    ctx, method = self.method(key, overrides, seed, epochs)
+    return demo.train_method(ctx, method, os.path.join(self.out, "work", key, "methods", key)), method
+
+  def run(self, key: str, overrides: dict, seed: int, epochs: int = 12, robust: bool = False,
+          factor_scale: float = 1.0, train_key: str = ""):
+    """Result rows of one run, cached in OUT/runs/KEY.json. `robust` appends the 'no
+    {concept}' sentence to every opening; `factor_scale` scales the learned factors of the
+    SVs trained under `train_key` (default: this run's own)."""
+    path = os.path.join(self.out, "runs", f"{key}.json")
+    if os.path.exists(path):
+      return json.load(open(path))["rows"]
+    if self.cached_only:
+      return None
+    t0 = time.time()
+    ctx, method = self.method(key, overrides, seed, epochs)
+    svs = None
+    if method.trained:
+      svs, _ = self.svs(train_key or key, overrides, seed, epochs)
+      if factor_scale != 1.0:
+        svs = {c: dict(sv, factor=np.asarray(sv["factor"]) * factor_scale)
+               for c, sv in svs.items()}
+    gens = demo.generations(ctx, method, self.bench, svs, jax.random.PRNGKey(seed),
+                            rewrite=_robust_opening if robust else None)
+    gens = demo.judge_records(self.judge, gens)
+    rows = scoring.score_method(key, gens, grid=method.grid is not None)
     with open(path, "w") as f:
       json.dump({"overrides": overrides, "seed": seed, "rows": rows,
                  "samples": gens[:3]}, f, indent=1)
@@ -211,7 +241,7 @@ def study_utility(study: Study, seeds):
   rows = []
   base = heldout_nll(study, None, None)
   for s in seeds:
-    robust = study.run(f"robust_unsteered_s{s}", {}, s, opening_suffix=ROBUSTNESS_SUFFIX)
+    robust = study.run(f"robust_unsteered_s{s}", {}, s, robust=True)
     rows.append({"method": "unsteered", "seed": s, "scale": 1.0, "heldout_nll": base,
                  "robust_concept": _mean(robust, "concept_score"),
                  "robust_overall": _mean(robust, "overall")})
@@ -219,32 +249,19 @@ def study_utility(study: Study, seeds):
     over = dict(demo_config.METHODS[name])
     scales = FACTOR_SCALES if name.startswith("fssv") else (1.0,)
     for s in seeds:
-      study.run(f"main_{name}_s{s}", over, s)      # trains (or reuses) the SVs
-      spec, _, _ = demo.method_setup(_with(study.config, name, over), name)
-      svs = experiment.train(_with(study.config, name, over, seed=s),
-                             os.path.join(study.out, "work", f"main_{name}_s{s}", "methods",
-                                          f"main_{name}_s{s}"),
-                             study.bundle, spec=spec,
-                             opts=demo.method_setup(_with(study.config, name, over, seed=s),
-                                                    name)[1], log=lambda *a: None)
+      trained = f"main_{name}_s{s}"
+      study.run(trained, over, s)      # trains (or reuses) the SVs
+      svs, method = study.svs(trained, over, s)
       for scale in scales:
         scaled = {c: dict(sv, factor=np.asarray(sv["factor"]) * scale) for c, sv in svs.items()}
         robust = study.run(f"robust_{name}_x{scale:g}_s{s}".replace(".", "p"), over, s,
-                           opening_suffix=ROBUSTNESS_SUFFIX, factor_scale=scale)
+                           robust=True, factor_scale=scale, train_key=trained)
         rows.append({"method": name, "seed": s, "scale": scale,
-                     "heldout_nll": heldout_nll(study, scaled, spec),
+                     "heldout_nll": heldout_nll(study, scaled, method.spec),
                      "robust_concept": _mean(robust, "concept_score"),
                      "robust_overall": _mean(robust, "overall")})
   _plot_utility(rows, os.path.join(study.out, "utility_robustness.png"))
   return rows
-
-
-def _with(config, name, over, seed=None):
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.method_overrides[name] = ml_collections.ConfigDict(over)
-  if seed is not None:
-    config.seed = seed
-  return config
 
 
 def _plot_utility(rows, path):

@@ -11,8 +11,8 @@ Needs only jax, flax, optax and steerjax (no torch), so it runs unchanged on a T
 Sized to finish in under 5 minutes on one H100; `--smoke` runs a tiny model in seconds
 (any backend, CPU included) to check that the script works.
 
-  PYTHONPATH=. python experiments/bench_gpu.py [--out /tmp/bench_gpu.json]
-  PYTHONPATH=. python experiments/bench_gpu.py --smoke
+  PYTHONPATH=. python -m experiments.bench.gpu [--out /tmp/bench_gpu.json]
+  PYTHONPATH=. python -m experiments.bench.gpu --smoke
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import bench_common as bc
+from experiments.bench import common as bc
+from steerjax import losses
 from steerjax.data.batching import ConceptData
 from steerjax.generate import generate
 from steerjax.models import Decoder, preset
 from steerjax.steering import SteerSpec, init_sv
-from steerjax.train import (TrainOptions, fresh_state, optimizer_for, precompute,
-                            prepare_data, step_options, train_step)
+from steerjax.train import (RunConfig, StepConfig, fresh_state, optimizer_for, precompute,
+                            prepare_data, train_step)
 
 # Nominal dense bf16 peak per JAX device, TFLOP/s; the first matching substring wins.
 PEAK_BF16_TFLOPS = (
@@ -119,20 +120,21 @@ def timed_steps(fn, steps):
 
 def bench_train(model, params, cfg, args, objective, sv_kind, cache, peak):
   spec = SteerSpec(args.layer, SV_POSITIONS[sv_kind])
-  opts = TrainOptions(objective=objective, batch_size=args.batch, epochs=1,
-                      prefix_cache="on" if cache else "off")
+  step_cfg = StepConfig(objective=objective, batch_size=args.batch, epochs=1)
+  run_cfg = RunConfig(prefix_cache="on" if cache else "off")
   data, _ = prepare_data([random_data(cfg, args.batch, args.seq)], objective, cfg.pad_id)
   t0 = time.perf_counter()
-  arrays = jax.block_until_ready(precompute(model, params, spec, data, opts, log=quiet))
+  arrays = jax.block_until_ready(precompute(model, params, spec, data, step_cfg, run_cfg,
+                                            log=quiet))
   pre_s = time.perf_counter() - t0
-  tx, _ = optimizer_for(cfg.dim, opts, 1000)
-  box = {"state": fresh_state(opts, cfg.dim, [0], 1000)}
+  tx, _ = optimizer_for(cfg.dim, step_cfg, run_cfg, 1000)
+  box = {"state": fresh_state(step_cfg, run_cfg, cfg.dim, [0], 1000)}
   idx = jnp.arange(args.batch, dtype=jnp.int32)
   group = jnp.zeros((args.batch,), jnp.int32)
 
   def step():
-    box["state"], metrics = train_step(box["state"], model, spec, step_options(opts), 1, tx,
-                                       params, arrays, idx, group)
+    box["state"], metrics = train_step(box["state"], model, spec, step_cfg, 1, tx, params,
+                                       arrays, idx, group)
     return float(metrics["loss"])
 
   t0 = time.perf_counter()
@@ -140,7 +142,7 @@ def bench_train(model, params, cfg, args, objective, sv_kind, cache, peak):
   first_s = time.perf_counter() - t0
   med, _ = timed_steps(step, args.steps)
   flops = step_flops(cfg, args.batch, args.seq, args.layer, cache,
-                     2 if objective == "simpo" else 1, data["pos"]["at"].shape[1])
+                     losses.OBJECTIVES[objective].passes, data["pos"]["at"].shape[1])
   return {"objective": objective, "sv": sv_kind, "prefix_cache": cache, "step_ms": med * 1e3,
           "tflops": flops / med / 1e12, "mfu": (flops / med / 1e12 / peak) if peak else None,
           "compile_s": max(first_s - med, 0.0), "precompute_s": pre_s, "loss": loss}

@@ -1,0 +1,1 @@
+"""Experiments: paper studies (`experiments.paper`) and benchmarks (`experiments.bench`)."""

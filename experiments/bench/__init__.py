@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of steerjax, and the PyTorch reference they compare with."""

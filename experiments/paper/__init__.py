@@ -1,0 +1,1 @@
+"""Studies behind the paper's figures and calibrations."""

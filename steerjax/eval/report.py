@@ -1,0 +1,119 @@
+"""One report writer for every job: results.md, results.json, summary.{csv,json},
+per_concept.csv and PNG plots of the scores."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from steerjax.eval import scoring
+from steerjax.eval.scoring import RATINGS
+
+PER_CONCEPT_COLUMNS = ("method", "concept_id", "concept", "factor", "n") + RATINGS + ("overall",)
+SUMMARY_COLUMNS = ("method", "concepts", "overall", "ci_low", "ci_high", "concept_std", "concept",
+                   "instruction", "fluency", "generations", "judge_calls")
+
+
+def _csv(path: str, rows: List[dict], columns):
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _plots(folder: str, summary: List[dict], rows: List[dict], records: Dict[str, List[dict]],
+           grids: Dict[str, tuple]):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = [s["method"] for s in summary]
+  x = np.arange(len(names))
+  fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(names), 3.8))
+  keys = ("overall", "concept", "instruction", "fluency")
+  width = 0.8 / len(keys)
+  for j, key in enumerate(keys):
+    means = [s[key] for s in summary]
+    err = None
+    if key == "overall":
+      err = [[s["overall"] - s["ci_low"] for s in summary], [s["ci_high"] - s["overall"]
+                                                              for s in summary]]
+    ax.bar(x + j * width, means, width, yerr=err, capsize=2, label=key)
+  ax.set_xticks(x + 0.4 - width / 2)
+  ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+  ax.set_ylim(0, 2)
+  ax.set_ylabel("mean over concepts (0..2); overall with 95% CI")
+  ax.legend(fontsize=7, ncol=4)
+  fig.tight_layout()
+  fig.savefig(os.path.join(folder, "scores.png"), dpi=120)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(names), 3.8))
+  ax.boxplot([[r["overall"] for r in rows if r["method"] == m] for m in names])
+  ax.set_xticks(x + 1)
+  ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+  ax.set_ylabel("per-concept overall score")
+  fig.tight_layout()
+  fig.savefig(os.path.join(folder, "per_concept.png"), dpi=120)
+  plt.close(fig)
+
+  if grids:
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, grid in grids.items():
+      for ids, style in ((scoring.SELECTION_IDS, "-"), (scoring.EVAL_IDS, ":")):
+        means = [np.mean([scoring.record_score(r) for r in records[name]
+                          if r["factor"] == g and r["instruction_id"] in ids]) for g in grid]
+        ax.plot(grid, means, style, marker=".", label=f"{name} ids {ids[0]}..{ids[-1]}")
+    ax.set_xscale("log")
+    ax.set_xlabel("factor")
+    ax.set_ylabel("mean score over concepts")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "factor_grid.png"), dpi=120)
+    plt.close(fig)
+
+
+def write(folder: str, title: str, summary: List[dict], rows: List[dict],
+          records: Dict[str, List[dict]], grids: Optional[Dict[str, tuple]] = None,
+          extra: Optional[dict] = None, notes: str = "") -> str:
+  """Write the report of one run into `folder`; returns the markdown of results.md.
+
+  `summary`: one `scoring.summarize` dict per method; `rows`: the per-concept rows of
+  `scoring.score_method`; `records`: each method's judged generations; `grids`: the factor
+  grid of each grid method; `extra`: run facts (judge stats, timings) kept in summary.json."""
+  os.makedirs(folder, exist_ok=True)
+  extra = dict(extra or {})
+  shown = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()}
+           for s in summary]
+  table = scoring.results_table(shown, SUMMARY_COLUMNS)
+  per_concept = scoring.results_table(
+      [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+      PER_CONCEPT_COLUMNS)
+  notes = notes or ("overall = mean over concepts of the per-concept score (harmonic mean of "
+                    "the three ratings, 0..2); ci = bootstrap 95% over concepts; grid methods: "
+                    "factor picked on instruction ids 0..4, scored on 5..9; other methods: all "
+                    "ids.")
+  markdown = f"# {title}\n\n{table}\n\n{notes}\n"
+  if "judge" in extra:
+    markdown += f"\njudge: {json.dumps(extra['judge'])}\n"
+  markdown += f"\nPer concept:\n\n{per_concept}\n"
+  with open(os.path.join(folder, "results.md"), "w", encoding="utf-8") as f:
+    f.write(markdown)
+  _csv(os.path.join(folder, "summary.csv"), summary, SUMMARY_COLUMNS)
+  _csv(os.path.join(folder, "per_concept.csv"), rows, PER_CONCEPT_COLUMNS)
+  with open(os.path.join(folder, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(dict(extra, title=title, methods=summary), f, indent=1)
+  with open(os.path.join(folder, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(rows, f, indent=1)
+  _plots(folder, summary, rows, records, grids or {})
+  return markdown
+
+
+def summary_table(summary: List[dict]) -> str:
+  """The markdown table of the summary rows, as results.md shows it."""
+  shown = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()}
+           for s in summary]
+  return scoring.results_table(shown, SUMMARY_COLUMNS)

@@ -1,0 +1,250 @@
+"""The `axbench` job (paper Table 2): train -> generate -> judge -> score, resumable per concept.
+
+  python -m steerjax.main --config=configs/axbench_gemma2_2b.py --workdir=runs/g2b_l10
+
+Per method and concept, 10 AlpacaEval instructions (AxBench's draw) are answered by the
+steered model (temperature 1.0, 128 new tokens) and rated by an LLM judge on concept,
+instruction and fluency. Factor-grid methods generate at every factor, pick per concept the
+factor with the best mean on ids 0..4 and report ids 5..9; jointly trained SVs and prompting
+report all 10. Outputs, under `workdir`:
+
+  methods/<method>/train/          SVs (svs/*.safetensors), checkpoints, metrics
+  methods/<method>/generations/    one JSON-lines file per concept (the resume unit)
+  methods/<method>/judged/         the same records with the three ratings
+  results/                         results.md, results.json, summary.{csv,json},
+                                   per_concept.csv, *.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from typing import Dict, List
+
+import jax
+import numpy as np
+
+from steerjax import methods
+from steerjax.data import axbench as data
+from steerjax.data import sources
+from steerjax.eval import report, scoring
+from steerjax.generate import generate_many
+from steerjax.jobs import common
+from steerjax.jobs.judges import cache_root, make_judge
+from steerjax.store import TextStore
+
+STEERING_PROMPT_REQUEST = """\
+Write a short instruction for an AI assistant, two or three sentences and under 100 words, \
+that makes it bring the following concept into every answer it gives while still answering \
+the user's question: {concept}
+
+Write only the instruction itself, without quotes or any introduction."""
+
+
+def plan(config, prompt_tokens: int = 20) -> List[dict]:
+  """Expected work per method without loading anything. Token counts assume
+  `prompt_tokens` per prompt and full `max_response_tokens` responses (an upper bound)."""
+  d = config.data
+  n = d.num_concepts or 500
+  rows, neutral = [], set()
+  for m in methods.of_config(config):
+    if methods.needs_neutral(m):
+      neutral.add(m.neutral)
+    rows.append(common.method_cost(m, n, d.n_train, prompt_tokens + d.max_response_tokens,
+                                   data.N_EVAL, config.eval.max_new_tokens))
+  for source in sorted(neutral):
+    count, by_model = n * d.n_train, source == "model"
+    rows.append({"method": f"neutral y ({source})", "generations": count if by_model else 0,
+                 "new_tokens": count * d.neutral_max_tokens if by_model else 0,
+                 "judge_calls": 0 if by_model else count})
+  return rows
+
+
+def _write_jsonl(path: str, records: List[dict]):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  os.replace(path + ".tmp", path)   # a killed run never leaves half a concept behind
+
+
+def _read_jsonl(path: str) -> List[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Run:
+  """What the methods of one run share: context, benchmark, judge, text store."""
+
+  def __init__(self, ctx, workdir: str, judge):
+    self.ctx, self.config, self.workdir, self.judge = ctx, ctx.config, workdir, judge
+    self.bench = sources.axbench_benchmark(self.config)
+    self.store = TextStore(os.path.join(cache_root(self.config), "axbench_texts.jsonl"))
+    self.model_key = f"{self.config.model.path}|{ctx.model.cfg.fingerprint()}"
+    self.stops = common.stop_ids(ctx.model, ctx.tok)
+    self._train_data = {}
+
+  def generate(self, prompts, **kwargs):
+    return generate_many(self.ctx.model, self.ctx.params, prompts,
+                         batch_size=self.config.eval.batch_size, sort_by_length=True,
+                         fixed_batch=True, stop_ids=self.stops, **kwargs)
+
+  def training_data(self, method):
+    """ConceptData of every concept, with neutral responses when the objective needs them."""
+    source = method.neutral if methods.needs_neutral(method) else None
+    if source not in self._train_data:
+      d, tok = self.config.data, self.ctx.tok
+      neutral = None
+      if source is not None:
+        name = self.model_key if source == "model" else self.judge.name
+        make_ids = lambda prompts: self.generate(prompts, max_new_tokens=d.neutral_max_tokens)
+        neutral = lambda items: data.neutral_responses(
+            self.store, source, name, items, tok, d.neutral_max_tokens, make_ids, self.judge.ask)
+        self.ctx.log(f"neutral responses ({source}): {len(self.bench.concepts)} concept(s)")
+      self._train_data[source] = data.training_data(self.bench, tok, d.max_response_tokens,
+                                                    neutral)
+    return self._train_data[source]
+
+  def train(self, method):
+    return common.train_svs(self.ctx, method, self.training_data(method),
+                            os.path.join(self.workdir, "methods", method.name, "train"),
+                            concept_ids=[c.concept_id for c in self.bench.concepts],
+                            tag=f"{method.name} ")
+
+  def steering_prompts(self, concepts) -> Dict[int, str]:
+    """One steering prompt per concept, written by the judge model and stored."""
+    keys = {c.concept_id: self.store.key("steering_prompt", self.judge.name, c.name)
+            for c in concepts}
+    found = {cid: self.store.get(k) for cid, k in keys.items()}
+    todo = [c for c in concepts if found[c.concept_id] is None]
+    if todo:
+      texts = self.judge.ask([STEERING_PROMPT_REQUEST.format(concept=c.name) for c in todo])
+      for c, text in zip(todo, texts):
+        text = text.strip().strip('"').strip()
+        self.store.put(keys[c.concept_id], text)
+        found[c.concept_id] = text
+    return found
+
+  def path(self, method, stage: str, concept) -> str:
+    return os.path.join(self.workdir, "methods", method.name, stage,
+                        f"{data.concept_name(concept)}.jsonl")
+
+
+def generations(run: Run, method, concepts, svs, rng) -> Dict[int, List[dict]]:
+  """{concept_id: records without ratings} for `concepts`, generated in one batched pass."""
+  cfg, tok = run.config, run.ctx.tok
+  steering = run.steering_prompts(concepts) if method.kind == "prompting" else {}
+  records, prompts = [], []
+  for c in concepts:
+    for g in (method.grid or (None,)):
+      for i, x in enumerate(run.bench.instructions[c.concept_id]):
+        r = {"method": method.name, "concept_id": c.concept_id, "concept": c.name,
+             "instruction_id": i, "instruction": x, "factor": g}
+        text = x
+        if method.kind == "prompting":
+          r["steering_prompt"] = steering[c.concept_id]
+          text = cfg.eval.prompt_template.format(prompt=r["steering_prompt"], instruction=x)
+        if method.trained and g is None:
+          r["learned_factor"] = float(np.asarray(svs[data.concept_name(c)]["factor"]))
+        records.append(r)
+        prompts.append(tok.chat_prompt(text))
+  sv, rows = None, None
+  if method.trained:
+    capacity = max(1, cfg.eval.concepts_per_chunk) * len(method.grid or (None,))
+    names = {c.concept_id: data.concept_name(c) for c in concepts}
+    sv, index = common.stacked_sv(list(names.values()), svs, method.grid, capacity)
+    rows = [index[(names[r["concept_id"]], r["factor"])] for r in records]
+  outs = run.generate(prompts, max_new_tokens=cfg.eval.max_new_tokens, rng=rng,
+                      concept_ids=rows, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+                      sv=sv, spec=method.spec if method.trained else None)
+  by_concept = {c.concept_id: [] for c in concepts}
+  for r, out in zip(records, outs):
+    r.update(continuation=tok.decode(out), new_tokens=len(out))
+    by_concept[r["concept_id"]].append(r)
+  return by_concept
+
+
+def needs_generation(run: Run, method) -> bool:
+  return any(not os.path.exists(run.path(method, "generations", c)) for c in run.bench.concepts)
+
+
+def evaluate(run: Run, method, svs) -> List[dict]:
+  """Judged records of every concept; concepts already judged on disk are read back."""
+  cfg, log = run.config, run.ctx.log
+  records = []
+  todo = [c for c in run.bench.concepts if not os.path.exists(run.path(method, "judged", c))]
+  for c in run.bench.concepts:
+    if c not in todo:
+      records += _read_jsonl(run.path(method, "judged", c))
+  if len(todo) < len(run.bench.concepts):
+    log(f"{method.name}: {len(run.bench.concepts) - len(todo)} concept(s) already judged")
+  per_chunk = max(1, cfg.eval.concepts_per_chunk)
+  base = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), zlib.crc32(method.name.encode()))
+  for start in range(0, len(todo), per_chunk):
+    chunk = todo[start:start + per_chunk]
+    missing = [c for c in chunk if not os.path.exists(run.path(method, "generations", c))]
+    if missing:
+      made = generations(run, method, missing, svs,
+                         jax.random.fold_in(base, missing[0].concept_id))
+      for c in missing:
+        _write_jsonl(run.path(method, "generations", c), made[c.concept_id])
+    gens = [r for c in chunk for r in _read_jsonl(run.path(method, "generations", c))]
+    failures = run.judge.stats.failures
+    ratings = run.judge.rate([{"concept": g["concept"], "instruction": g["instruction"],
+                               "continuation": g["continuation"]} for g in gens])
+    for g, r in zip(gens, ratings):
+      g.update({k: int(r[k]) for k in scoring.RATINGS}, judge_ok=bool(r["ok"]))
+    if run.judge.stats.failures > failures:
+      log(f"{method.name}: judge requests failed for concepts "
+          f"{[c.concept_id for c in chunk]}; their zeros count now, rerun to ask again")
+    else:
+      for c in chunk:
+        _write_jsonl(run.path(method, "judged", c),
+                     [g for g in gens if g["concept_id"] == c.concept_id])
+    records += gens
+    log(f"{method.name}: judged {start + len(chunk)}/{len(todo)} concept(s)")
+  return records
+
+
+def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
+  """Every method of `config.methods` on the configured concepts; returns summary.json's dict."""
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  all_methods = methods.of_config(config)
+  ctx = common.setup(config, log, bundle)
+  own_judge, state = judge is None, None
+  judge = judge or make_judge(config, ctx)
+  try:
+    state = Run(ctx, workdir, judge)
+    log(f"axbench: {len(all_methods)} method(s) x {len(state.bench.concepts)} concept(s) on "
+        f"{config.model.path} (width {ctx.model.cfg.dim}, layer {config.steer.layer}); "
+        f"judge {judge!r}")
+    summary, rows, records, grids = [], [], {}, {}
+    for k, method in enumerate(all_methods):
+      log(f"[{k + 1}/{len(all_methods)}] {method.name}")
+      svs = state.train(method) if method.trained and needs_generation(state, method) else None
+      records[method.name] = evaluate(state, method, svs)
+      method_rows = scoring.score_method(method.name, records[method.name],
+                                         grid=method.grid is not None)
+      rows += method_rows
+      summary.append(scoring.summarize(method.name, method_rows, records[method.name]))
+      if method.grid is not None:
+        grids[method.name] = method.grid
+    extra = {"judge": judge.stats.as_dict(),
+             "text_store": {"hits": state.store.hits, "misses": state.store.misses},
+             "seconds": round(time.time() - t0, 1)}
+    d = config.data
+    title = (f"AxBench {d.suite} {d.task}: {config.model.path}, layer {config.steer.layer}, "
+             f"concepts {d.first_concept}..{d.first_concept + summary[0]['concepts'] - 1}")
+    folder = config.results_dir or os.path.join(workdir, "results")
+    markdown = report.write(folder, title, summary, rows, records, grids, extra)
+  finally:
+    if state is not None:
+      state.store.close()
+    if own_judge:
+      judge.close()
+  log("\n" + markdown)
+  log(f"wrote {folder} in {time.time() - t0:.0f} s")
+  return dict(extra, methods=summary, results_dir=folder)
