@@ -30,22 +30,28 @@ def table11(positions, objective, batch, beta, lr_factor, lam, lr_direction, epo
               lr_direction=float(lr_direction), epochs=epochs)
 
 
-def baselines(factor_set, grid, lang_batch=12, reps_batch=6):
-  """Factor-grid baselines. The paper gives no training values for them; ours: FSSV, lam 1,
-  eta_v 0.04, 12 epochs, and the batch of that model's Table 11 FSSV row of the same loss.
+def baselines(factor_set, grid, sampled_batch=6, sampled_epochs=18, reps_batch=6,
+              reps_epochs=18):
+  """Factor-grid baselines with their sources' training values (docs/axbench.md).
 
-  The RePS baseline trains on the target model's own greedy responses, as AxBench's RePS does.
+  fssv_lang_fixed: AxBench's steering-vector baseline, sweep/wuzhengx/{2b/l10,9b/l20}/
+    steering_vec.yaml: batch 6, 3 epochs, lr 0.01, weight decay 0, every position but BOS,
+    trained at factor 1 and searched over AxBench's 14 factors 0.2..5.0.
+  fssv_lang_sampled, fssv_reps_sampled: RePS-style factor sampling; Gemma values batch 6,
+    18 epochs, lr 0.08, BOS excluded (the RePS setup as ported, not found in AxBench's own
+    sweep files: an assumption); Qwen-32B: the paper's Table 12. RePS trains with AxBench's
+    loss (`reps_axbench`) on the target model's own greedy responses.
   """
-  fssv = dict(positions="all", lam=1.0, lr_direction=0.04, epochs=12)
+  sampled = dict(positions="all-bos", factor_mode="sampled", lam=1.0, lr_direction=0.08,
+                 factor_set=tuple(factor_set), grid=tuple(grid))
   return {
-      "fssv_lang_fixed": dict(fssv, objective="lang", factor_mode="fixed", fixed_factor=1.0,
-                              batch_size=lang_batch, grid=CLASSIC_GRID),
-      "fssv_lang_sampled": dict(fssv, objective="lang", factor_mode="sampled",
-                                batch_size=lang_batch, factor_set=tuple(factor_set),
-                                grid=tuple(grid)),
-      "fssv_reps_sampled": dict(fssv, objective="reps", factor_mode="sampled",
-                                batch_size=reps_batch, factor_set=tuple(factor_set),
-                                grid=tuple(grid), neutral="model"),
+      "fssv_lang_fixed": dict(positions="all-bos", objective="lang", factor_mode="fixed",
+                              fixed_factor=1.0, lam=1.0, lr_direction=0.01, batch_size=6,
+                              epochs=3, grid=CLASSIC_GRID),
+      "fssv_lang_sampled": dict(sampled, objective="lang", batch_size=sampled_batch,
+                                epochs=sampled_epochs),
+      "fssv_reps_sampled": dict(sampled, objective="reps_axbench", batch_size=reps_batch,
+                                epochs=reps_epochs, neutral="model"),
       "prompting": dict(kind="prompting"),
       "unsteered": dict(kind="unsteered"),
   }
@@ -70,19 +76,27 @@ def make_config(model_path: str, task: str, layer: int, methods: dict, num_conce
       num_concepts=num_concepts,    # 0 = to the end of the list
       n_train=72,                   # positives per concept (0 = all)
       max_response_tokens=128,      # y_c and y are cut to this, without EOS
-      neutral="judge",              # SimPO's y: judge (written by the judge LLM) | model (greedy)
+      neutral="judge",              # SimPO's y: released (the authors' file; 9b_l20 only) |
+                                    #   judge (written by the judge LLM) | model (greedy)
       neutral_max_tokens=128,
+      released_repo="",             # a local clone of colored-dye/prosv ('' = download, cached)
   ))
   c.eval = ml_collections.ConfigDict(dict(
       max_new_tokens=128,
       temperature=1.0,
-      top_p=1.0,
+      top_p=1.0,                    # sampling=plain only
+      sampling="hf",                # hf: the model's generation_config.json as transformers
+                                    #   applies it (top-k 50 on Gemma-2-it) | plain
       batch_size=64,                # generations per device batch
       concepts_per_chunk=16,        # concepts generated and judged together (resume unit)
-      prompt_template="{prompt}\n\nQuestion: {instruction}",   # the prompting baseline
+      # AxBench's prompting input (leading space; axbench utils/dataset.py)
+      prompt_template=" {prompt}\n\nQuestion: {instruction}",
+      steering_prompts="released",  # released (the authors' file) | judge (written by it)
   ))
   c.judge = ml_collections.ConfigDict(dict(
       kind="openai",                # openai (any chat-completions server) | local
+      templates="prosv",            # prosv (the authors', pinned) | axbench | steerjax | a path
+      templates_repo="",            # a local clone of that repository ('' = download, cached)
       base_url="https://api.openai.com/v1",
       model="gpt-4o-mini",
       api_key_env="OPENAI_API_KEY",
@@ -101,4 +115,16 @@ def make_config(model_path: str, task: str, layer: int, methods: dict, num_conce
   c.method_overrides = ml_collections.ConfigDict(
       {k: ml_collections.ConfigDict(v) for k, v in methods.items()})
   c.results_dir = ""                # '' = <workdir>/results
+  # job=search: the paper's Table 10 grid for one jointly trained method (an empty axis
+  # keeps the method's own value; Table 10's batch is 12 for Lang, 6 for SimPO on Gemma).
+  c.search = ml_collections.ConfigDict(dict(
+      method="prosv_lang",          # the method whose values are searched
+      concepts="hp_tuning",         # hp_tuning (the paper's 3, released) | config (data range)
+      beta=(1.0, 2.0, 4.0, 8.0),
+      lr_factor=(0.1, 1.0, 10.0, 20.0),
+      lam=(1.0, 8.0),
+      lr_direction=(0.04, 0.08),
+      epochs=(12, 18, 24),
+      batch_size=(),
+  ))
   return c

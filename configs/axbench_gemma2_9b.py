@@ -26,4 +26,6 @@ def get_config(arg=None):
     joint["prosv_simpo"] = t11("f2+l2", "simpo", batch=6, beta=2, lr_factor=10, lam=8,
                                lr_direction=0.08, epochs=12)
   methods = dict(common.baselines(common.GEMMA_FACTOR_SET, common.GEMMA_GRID), **joint)
-  return common.make_config("google/gemma-2-9b-it", "9b_l20", 20, methods, num_concepts=500)
+  config = common.make_config("google/gemma-2-9b-it", "9b_l20", 20, methods, num_concepts=500)
+  config.data.neutral = "released"     # the authors' 9b_l20 contrast data
+  return config

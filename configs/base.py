@@ -33,6 +33,8 @@ def get_config(arg=None):
       factor_mode="joint",          # joint | fixed | sampled
       fixed_factor=1.0,             # alpha in factor_mode=fixed
       factor_set=tuple(range(2, 21, 2)),  # alphas drawn from in factor_mode=sampled
+      param_dtype="float32",        # bfloat16: emulate the authors' bf16 SV storage (rounds
+                                    #   every update, so small factor steps vanish)
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr_factor=10.0,               # factor learning rate at ref_width
@@ -49,6 +51,9 @@ def get_config(arg=None):
       batch_size=12,                # examples per concept per step
       epochs=12,
       max_steps=0,                  # stop early (0 = all epochs)
+      grad_accum_steps=1,           # micro-batches per update; batch_size is the whole batch
+      schedule_steps="updates",     # updates | micro_batches (the authors' schedule length
+                                    #   under accumulation: their rate ends near 1 - 1/accum)
       concepts_per_step=8,          # concepts stacked in one jitted step
       prefix_cache="auto",          # reuse frozen block outputs across epochs: auto | on | off
       log_every=24,                 # steps between progress lines
@@ -63,6 +68,7 @@ def get_config(arg=None):
       max_response_tokens=128,      # axbench, file: y_c (and y) cut to this many tokens
       neutral="model",              # SimPO/RePS y when the data has none: model (greedy) | judge
       neutral_max_tokens=128,       # judge/model-written y of the axbench job: at most this long
+      released_repo="",             # a local clone of colored-dye/prosv ('' = download, cached)
       # tinystories
       concepts=("dog", "rain", "sea", "flower", "ball", "bird", "cat", "tree", "sun", "music"),
       n_eval=10,                    # eval prompts per concept (ids 0..4 select, 5..9 test)

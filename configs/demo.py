@@ -70,6 +70,7 @@ def get_config(arg=None):
       max_new_tokens=128,          # tokens generated per eval prompt
       temperature=1.0,
       top_p=1.0,
+      sampling="plain",            # plain | hf (steerjax/jobs/sampling.py)
       samples_shown=1,             # generations printed per method
       prompt_template="{opening} The story is about {description}.",  # the prompting baseline
   ))

@@ -34,18 +34,44 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = PAD_
   return tokens, valid
 
 
-def sample_token(logits_BV, rng, temperature: float, top_p: float):
+def repetition_penalty(logits_BV, seen_BV, penalty: float):
+  """transformers' RepetitionPenaltyLogitsProcessor: the logits of tokens already in the
+  sequence are divided by `penalty` where positive and multiplied by it where negative."""
+  penalized = jnp.where(logits_BV < 0, logits_BV * penalty, logits_BV / penalty)
+  return jnp.where(seen_BV, penalized, logits_BV)
+
+
+def top_k_filter(logits_BV, k: int):
+  """transformers' TopKLogitsWarper: keep the logits at least as large as the k-th largest."""
+  kth = jax.lax.top_k(logits_BV, min(k, logits_BV.shape[-1]))[0][..., -1:]
+  return jnp.where(logits_BV < kth, -jnp.inf, logits_BV)
+
+
+def top_p_filter(logits_BV, top_p: float):
+  """transformers' TopPLogitsWarper: drop the least likely tokens whose probabilities sum
+  to at most 1 - top_p (counted from the least likely up); the most likely always stays."""
+  order = jnp.argsort(logits_BV, axis=-1)                       # ascending
+  sorted_logits = jnp.take_along_axis(logits_BV, order, -1)
+  cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, -1), -1)
+  drop_sorted = (cumulative <= 1 - top_p).at[..., -1].set(False)
+  drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits_BV.shape[0])[:, None], order].set(
+      drop_sorted)
+  return jnp.where(drop, -jnp.inf, logits_BV)
+
+
+def sample_token(logits_BV, rng, temperature: float, top_p: float, top_k: int = 0,
+                 penalty: float = 1.0, seen_BV=None):
+  """The next token: greedy at temperature 0, else sampled after (in transformers' order)
+  the repetition penalty, temperature, top-k and top-p."""
+  if penalty != 1.0:
+    logits_BV = repetition_penalty(logits_BV, seen_BV, penalty)
   if temperature == 0.0:
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
   logits = logits_BV / temperature
+  if top_k > 0:
+    logits = top_k_filter(logits, top_k)
   if top_p < 1.0:
-    order = jnp.argsort(-logits, axis=-1)
-    sorted_logits = jnp.take_along_axis(logits, order, -1)
-    probs = jax.nn.softmax(sorted_logits, -1)
-    keep_sorted = (jnp.cumsum(probs, -1) - probs) < top_p   # always keeps the top token
-    keep = jnp.zeros_like(keep_sorted).at[
-        jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
-    logits = jnp.where(keep, logits, -jnp.inf)
+    logits = top_p_filter(logits, top_p)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
@@ -66,25 +92,32 @@ def prefill(model, spec, size, params, sv, concept_ids, tokens, valid):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "model", "spec", "steps", "temperature", "top_p", "stop_ids", "keep_logits"))
+    "model", "spec", "steps", "temperature", "top_p", "stop_ids", "keep_logits", "top_k",
+    "penalty"))
 def decode(model, spec, steps, temperature, top_p, stop_ids, keep_logits,
-            params, sv, concept_ids, logits, cache, rng):
+           params, sv, concept_ids, logits, cache, rng, top_k=0, penalty=1.0, seen=None):
   """(tokens [B, steps], logits kept or [0], steps run): sample from `logits` on; stops
-  early once every row has emitted a stop id."""
+  early once every row has emitted a stop id. With a repetition `penalty`, `seen` [B, V]
+  marks the prompt's tokens (and is updated with each sampled one)."""
   B = logits.shape[0]
   step_sv = sv if (sv is not None and spec.acts_on_generation) else None
   stops = jnp.asarray(stop_ids or (-1,), jnp.int32)
   out = jnp.zeros((B, steps), jnp.int32)
   all_logits = jnp.zeros((B, steps, logits.shape[-1]) if keep_logits else (0,), jnp.float32)
 
+  if seen is None:
+    seen = jnp.zeros((B, 0), bool)
+
   def cond(state):
     i, done = state[0], state[1]
     return (i < steps) & ~jnp.all(done)
 
   def body(state):
-    i, done, out, all_logits, logits, cache, rng = state
+    i, done, out, all_logits, logits, cache, rng, seen = state
     rng, key = jax.random.split(rng)
-    token = sample_token(logits, key, temperature, top_p)
+    token = sample_token(logits, key, temperature, top_p, top_k, penalty, seen)
+    if penalty != 1.0:
+      seen = seen.at[jnp.arange(B), token].set(True)
     token = jnp.where(done, stops[0], token)
     out = out.at[:, i].set(token)
     if keep_logits:
@@ -93,9 +126,10 @@ def decode(model, spec, steps, temperature, top_p, stop_ids, keep_logits,
     ones = jnp.ones((B, 1), bool)
     logits, cache = _forward(model, spec, params, step_sv, concept_ids, token[:, None],
                              ones, ones, cache)
-    return i + 1, done, out, all_logits, logits[:, -1], cache, rng
+    return i + 1, done, out, all_logits, logits[:, -1], cache, rng, seen
 
-  state = (jnp.zeros((), jnp.int32), jnp.zeros((B,), bool), out, all_logits, logits, cache, rng)
+  state = (jnp.zeros((), jnp.int32), jnp.zeros((B,), bool), out, all_logits, logits, cache, rng,
+           seen)
   n, _, out, all_logits, *_ = jax.lax.while_loop(cond, body, state)
   return out, all_logits, n
 
@@ -115,21 +149,24 @@ def check_prompts(prompts, max_new_tokens: int, context: int):
 
 
 def generate(model: Decoder, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0, rng=None, sv=None,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+             repetition_penalty: float = 1.0, rng=None, sv=None,
              spec: Optional[SteerSpec] = None, concept_ids=None, stop_ids=None,
              return_logits: bool = False):
   """Continuations (token ids without the prompt, cut before the first stop id).
 
   `sv`/`spec` steer the prompt positions at prefill, and every decode step when the spec
-  covers generated tokens. With `return_logits=True` also returns, per prompt, the
-  `[n, V]` logits each token was drawn from.
+  covers generated tokens. Sampling applies `repetition_penalty`, `temperature`, `top_k`
+  (0: off) and `top_p` as transformers' logits processors do. With `return_logits=True`
+  also returns, per prompt, the `[n, V]` logits each token was drawn from (before them).
   """
   cfg = model.cfg
   check_prompts(prompts, max_new_tokens, cfg.max_seq_len)
   if (sv is None) != (spec is None):
     raise ValueError("pass sv and spec together (or neither for unsteered generation)")
-  if temperature < 0 or not 0 < top_p <= 1:
-    raise ValueError(f"temperature={temperature} must be >= 0 and top_p={top_p} in (0, 1]")
+  if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or repetition_penalty <= 0:
+    raise ValueError(f"temperature={temperature} must be >= 0, top_p={top_p} in (0, 1], "
+                     f"top_k={top_k} >= 0 and repetition_penalty={repetition_penalty} > 0")
   if temperature > 0 and rng is None:
     raise ValueError("sampling with temperature > 0 needs rng=jax.random.key(seed)")
   rng = jax.random.key(0) if rng is None else rng
@@ -139,9 +176,15 @@ def generate(model: Decoder, params, prompts: Sequence[Sequence[int]], *, max_ne
     concept_ids = jnp.asarray(concept_ids, jnp.int32)
   size = tokens.shape[1] + max_new_tokens
   logits, cache = prefill(model, spec, size, params, sv, concept_ids, tokens, valid)
+  seen = None
+  if repetition_penalty != 1.0:   # the prompt's real tokens count as seen
+    seen = np.zeros((len(prompts), logits.shape[-1]), bool)
+    for i, p in enumerate(prompts):
+      seen[i, np.asarray(p, np.int64)] = True
   out, all_logits, n = decode(model, spec, max_new_tokens, float(temperature), float(top_p),
-                               stop_ids, return_logits, params, sv, concept_ids, logits,
-                               cache, rng)
+                              stop_ids, return_logits, params, sv, concept_ids, logits,
+                              cache, rng, top_k=int(top_k), penalty=float(repetition_penalty),
+                              seen=seen)
   out = np.asarray(out)[:, :int(n)]
   results, lengths = [], []
   for row in out:

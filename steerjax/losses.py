@@ -73,13 +73,15 @@ def reps(pos, neg, null_pos, null_neg, ref_pos, ref_neg, group_B, groups: int):
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """A training objective. `loss(logprob, batch, group, groups)` gets `logprob(name, op=None)
-  -> (lp [B], n [B])`, the steered log-probs of the batch's `name` sequences ("pos" = y_c,
-  "neg" = the neutral y) under the spec's op or `op`, and `batch[name]["ref"]`, the
-  unsteered sums (present when `needs_neutral`)."""
+  -> (lp [B], n [B])`, the steered log-probs summed over the response tokens of the batch's
+  `name` sequences ("pos" = y_c, "neg" = the neutral y) and their count, under the spec's
+  op or `op`; `batch[name]["ref"]`, the unsteered sums (when `needs_neutral`); and
+  `batch[name]["length"]`, each sequence's token count, prompt included."""
   loss: Callable
   needs_neutral: bool = False   # trains on (x, y_c, y) triples; SimPO-style reference log-probs
   passes: int = 1               # sequences run forward and backward per example and step
   uses_null_op: bool = False    # also runs the SV under NullInv (RePS)
+  independent_factors: bool = False   # factor_mode=sampled draws y's factor apart from y_c's
 
 
 def _lang(logprob, batch, group, groups):
@@ -96,10 +98,25 @@ def _reps(logprob, batch, group, groups):
               batch["pos"]["ref"], batch["neg"]["ref"], group, groups)
 
 
+def _reps_axbench(logprob, batch, group, groups):
+  """RePS as AxBench trains it (its preference-vector code, `scaled_simpo`): log-probs
+  normalised by the whole sequence's length (prompt included), y_c and y steered with
+  independently drawn factors, and the steering and NullInv terms averaged."""
+  pos, neg = batch["pos"], batch["neg"]
+  steer_d = simpo_margin(logprob("pos")[0], pos["length"], logprob("neg")[0], neg["length"],
+                         pos["ref"], neg["ref"])
+  null_d = simpo_margin(logprob("neg", "null")[0], neg["length"], logprob("pos", "null")[0],
+                        pos["length"], neg["ref"], pos["ref"])
+  per_example = 0.5 * (-jax.nn.log_sigmoid(steer_d) - jax.nn.log_sigmoid(null_d))
+  return _per_concept_mean(per_example, group, groups)
+
+
 OBJECTIVES = {
     "lang": Objective(_lang),
     "simpo": Objective(_simpo, needs_neutral=True, passes=2),
     "reps": Objective(_reps, needs_neutral=True, passes=4, uses_null_op=True),
+    "reps_axbench": Objective(_reps_axbench, needs_neutral=True, passes=4, uses_null_op=True,
+                              independent_factors=True),
 }
 
 

@@ -41,7 +41,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # keep library INFO logs out of the progress output
   try:
     if _PLAN.value:
-      return plan(_CONFIG.value)
+      plan(_CONFIG.value)
+      return
     if not _WORKDIR.value:
       raise app.UsageError("--workdir is required (or pass --plan)")
     os.makedirs(_WORKDIR.value, exist_ok=True)

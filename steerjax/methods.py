@@ -16,6 +16,7 @@ from steerjax.steering import SteerSpec
 from steerjax.train import RunConfig, StepConfig, factor_mode
 
 KINDS = ("trained", "prompting", "unsteered")
+NEUTRAL_SOURCES = ("model", "judge", "released")
 # method key -> (config group, field) it overrides
 OVERRIDES = {
     "positions": ("steer", "positions"), "objective": ("train", "objective"),
@@ -24,6 +25,8 @@ OVERRIDES = {
     "init": ("sv", "init"), "fixed_factor": ("sv", "fixed_factor"),
     "factor_set": ("sv", "factor_set"), "lr_factor": ("optim", "lr_factor"),
     "lr_direction": ("optim", "lr_direction"), "ref_width": ("optim", "ref_width"),
+    "grad_accum_steps": ("train", "grad_accum_steps"),
+    "schedule_steps": ("train", "schedule_steps"), "param_dtype": ("sv", "param_dtype"),
 }
 OTHER_KEYS = {
     "kind": "trained | prompting | unsteered (default: trained with positions, else the name)",
@@ -60,7 +63,9 @@ def step_config(config, over=None) -> StepConfig:
                     factor_set=tuple(get("factor_set")), batch_size=get("batch_size"),
                     epochs=get("epochs"), clip_direction=o.clip_direction,
                     clip_factor=o.clip_factor, schedule=o.schedule,
-                    warmup_steps=o.warmup_steps, weight_decay=o.weight_decay)
+                    warmup_steps=o.warmup_steps, weight_decay=o.weight_decay,
+                    grad_accum_steps=get("grad_accum_steps"),
+                    schedule_steps=get("schedule_steps"), param_dtype=get("param_dtype"))
 
 
 def run_config(config, over=None) -> RunConfig:
@@ -92,6 +97,8 @@ def from_config(config, name: str) -> Method:
     raise ValueError(f"{where}.{unknown[0]} is not a method key; known keys: "
                      f"{sorted(OVERRIDES) + sorted(OTHER_KEYS)}")
   neutral = over.get("neutral", config.data.neutral)
+  if neutral not in NEUTRAL_SOURCES:
+    raise ValueError(f"{where}.neutral={neutral!r}; use one of {NEUTRAL_SOURCES}")
   kind = over.get("kind", "trained" if "positions" in over else name)
   if kind not in KINDS:
     raise ValueError(f"{where}.kind={kind!r}; use one of {KINDS} (a method without positions "

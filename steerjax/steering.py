@@ -22,13 +22,13 @@ import jax.numpy as jnp
 
 from steerjax.models.decoder import SITE_METHOD, block_name
 
-_POSITIONS = re.compile(r"^(?:(all|prompt|generation)|f(\d+)|l(\d+)|f(\d+)\+l(\d+))$")
+_POSITIONS = re.compile(r"^(?:(all|all-bos|prompt|generation)|f(\d+)|l(\d+)|f(\d+)\+l(\d+))$")
 
 
 @dataclasses.dataclass(frozen=True)
 class SteerSpec:
   layer: int                 # 0-based; the output of decoder block `layer` (HF model.layers[layer])
-  positions: str = "f2+l2"   # all | prompt | generation | fN | lN | fN+lM
+  positions: str = "f2+l2"   # all | all-bos | prompt | generation | fN | lN | fN+lM
   op: str = "add"            # add | clamp | null
 
   def __post_init__(self):
@@ -41,14 +41,14 @@ class SteerSpec:
   @property
   def acts_on_generation(self) -> bool:
     """True when generated tokens are edited too (FSSV), so every decode step is steered."""
-    return self.positions in ("all", "generation")
+    return self.positions in ("all", "all-bos", "generation")
 
 
 def parse_positions(positions: str):
   """'f2+l2' -> ('fl', 2, 2); 'all' -> ('all', 0, 0). Raises ValueError naming bad input."""
   m = _POSITIONS.match(positions) if isinstance(positions, str) else None
   if not m:
-    raise ValueError(f"positions={positions!r} is not valid; use 'all', 'prompt', "
+    raise ValueError(f"positions={positions!r} is not valid; use 'all', 'all-bos', 'prompt', "
                      "'generation', 'fN', 'lN' or 'fN+lM' (e.g. 'f2+l2')")
   named, f, l, f2, l2 = m.groups()
   if named:
@@ -68,11 +68,13 @@ def positions_mask(positions: str, prompt_mask_BT, token_mask_BT):
   tokens = jnp.asarray(token_mask_BT, bool)
   if kind == "all":
     return tokens
+  rank = jnp.cumsum(prompt, axis=1)            # 1-based index among prompt tokens
+  if kind == "all-bos":                        # AxBench's exclude_bos: all but the first
+    return tokens & ~(prompt & (rank == 1))
   if kind == "prompt":
     return prompt
   if kind == "generation":
     return tokens & ~prompt
-  rank = jnp.cumsum(prompt, axis=1)            # 1-based index among prompt tokens
   n_prompt = rank[:, -1:]
   return prompt & ((rank <= first) | (rank > n_prompt - last))
 

@@ -29,7 +29,9 @@ import numpy as np
 import optax
 
 from steerjax import checkpoint, losses
-from steerjax.train_config import RunConfig, StepConfig, factor_mode, needs_neutral
+from steerjax.health import Health, residual_norm
+from steerjax.train_config import (RunConfig, StepConfig, factor_mode, needs_neutral,
+                                   schedule_length)
 from steerjax.data.batching import ConceptData, batch_indices, pack, response_window
 from steerjax.optim import make_optimizer, scaled_learning_rates
 from steerjax.steering import SteerSpec, edit, init_sv, positions_mask, steer
@@ -61,7 +63,7 @@ def prepare_data(concepts: Sequence[ConceptData], objective: str, pad_id: int):
     data["neg"] = pack(prompts, [y for c in concepts for y in c.neutral[:n]], pad_id, length)
   width = max(int(seq["response"].sum(1).max()) for seq in data.values())
   for seq in data.values():
-    seq.update(response_window(seq, width))
+    seq.update(response_window(seq, width), length=seq["valid"].sum(1).astype(np.float32))
   return data, n
 
 
@@ -133,47 +135,96 @@ def precompute(model, params, spec: SteerSpec, data, step: StepConfig, run: RunC
   return out
 
 
-def residual_norm(model, params, spec: SteerSpec, arrays) -> float:
-  """Mean L2 norm of the block-`layer` output over the training tokens (64 examples at most),
-  the scale an edit alpha*v is compared with."""
-  pos = arrays["pos"]
-  h = pos.get("h")
-  if h is None:
-    h = _site_outputs(model, spec.layer, params, pos["tokens"][:64], pos["valid"][:64])
-  valid = np.asarray(pos["valid"][:h.shape[0]])
-  norms = np.linalg.norm(np.asarray(h[:64], np.float32), axis=-1)
-  return float(norms[valid[:64]].mean())
-
-
 # --------------------------------------------------------------------------- the step
 
 def _take(seq, idx):
   return {k: v[idx] for k, v in seq.items()}
 
 
+def _example_svs(sv, step: StepConfig, group, key, name: str):
+  """One SV per example for the `name` sequences; with an objective's independent factors
+  the neutral sequences draw their own."""
+  if name == "neg" and losses.objective(step.objective).independent_factors:
+    key = jax.random.fold_in(key, 1)
+  factor = factor_mode(step.factor_mode).per_example(sv["factor"], group, key, step)
+  return {"factor": factor, "direction": sv["direction"][group]}
+
+
 def loss_fn(sv, model, spec: SteerSpec, step: StepConfig, groups: int, params, data,
             idx, group, key):
   """Objective of one stacked batch: `idx` [B] example indices, `group` [B] concept index."""
-  factor = factor_mode(step.factor_mode).per_example(sv["factor"], group, key, step)
-  sv_B = {"factor": factor, "direction": sv["direction"][group]}
   batch = {name: _take(seq, idx) for name, seq in data.items()}
 
   def logprob(name, op=None):
-    seq = batch[name]
+    seq, sv_B = batch[name], _example_svs(sv, step, group, key, name)
     return losses.masked_sum(_forward(model, spec, op or spec.op, params, sv_B, seq,
                                       seq.get("h")), seq["target_mask"])
   return losses.objective(step.objective).loss(logprob, batch, group, groups)
+
+
+def _reads(step: StepConfig, spec: SteerSpec) -> list:
+  """The (sequence, op) pairs the objective asks `logprob` for, found by calling it on
+  one-example stand-ins."""
+  asked, one = [], jnp.ones((1,))
+  stub = lambda name, op=None: asked.append((name, op or spec.op)) or (one, one)
+  stand_in = {"ref": one, "length": one}
+  losses.objective(step.objective).loss(stub, {"pos": stand_in, "neg": stand_in},
+                                        jnp.zeros((1,), jnp.int32), 1)
+  return list(dict.fromkeys(asked))
+
+
+def accumulated_loss_and_grad(sv, model, spec, step: StepConfig, groups: int, params, data,
+                              idx, group, key):
+  """`jax.value_and_grad(loss_fn)` over `step.grad_accum_steps` micro-batches of the rows,
+  exactly: every micro-batch's per-example log-probs are computed first (forward only),
+  the objective's gradient with respect to them is taken on the whole batch, and each
+  micro-batch is then back-propagated with its part of that gradient, one at a time."""
+  k = step.grad_accum_steps
+  m = idx.shape[0] // k
+  reads = _reads(step, spec)
+
+  def chunk_logprobs(sv, c):
+    rows = lambda x: jax.lax.dynamic_slice_in_dim(x, c * m, m)
+    out = {}
+    for name, op in reads:
+      sv_B = jax.tree.map(rows, _example_svs(sv, step, group, key, name))
+      seq = _take(data[name], rows(idx))
+      out[(name, op)] = losses.masked_sum(
+          _forward(model, spec, op, params, sv_B, seq, seq.get("h")), seq["target_mask"])
+    return out
+
+  lps = jax.lax.map(lambda c: chunk_logprobs(sv, c), jnp.arange(k))
+  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), lps)
+  sums = {read: lp for read, (lp, _) in flat.items()}
+  refs = {name: {k: seq[k][idx] for k in ("ref", "length") if k in seq}
+          for name, seq in data.items()}
+
+  def objective(sums):
+    logprob = lambda name, op=None: (sums[(name, op or spec.op)], flat[(name, op or spec.op)][1])
+    return losses.objective(step.objective).loss(logprob, refs, group, groups)
+  loss, d_sums = jax.value_and_grad(objective)(sums)
+
+  def backward(grads, c):
+    _, vjp = jax.vjp(lambda sv: {read: lp for read, (lp, _) in chunk_logprobs(sv, c).items()},
+                     sv)
+    cotangent = {read: jax.lax.dynamic_slice_in_dim(d, c * m, m) for read, d in d_sums.items()}
+    return jax.tree.map(jnp.add, grads, vjp(cotangent)[0]), None
+  grads, _ = jax.lax.scan(backward, jax.tree.map(jnp.zeros_like, sv), jnp.arange(k))
+  return loss, grads
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "step", "groups", "tx"),
                    donate_argnames=("state",))
 def train_step(state, model, spec, step, groups, tx, params, data, idx, group):
   key = jax.random.fold_in(state["rng"], state["step"])
-  loss, grads = jax.value_and_grad(loss_fn)(
-      state["sv"], model, spec, step, groups, params, data, idx, group, key)
+  grad_fn = (jax.value_and_grad(loss_fn) if step.grad_accum_steps == 1
+             else accumulated_loss_and_grad)
+  loss, grads = grad_fn(state["sv"], model, spec, step, groups, params, data, idx, group, key)
   updates, opt_state = tx.update(grads, state["opt"], state["sv"])
-  updates = {k: u * state["lr"][k] for k, u in updates.items()}
+  updates = {k: _scaled(u, state["lr"][k]) for k, u in updates.items()}
   sv = optax.apply_updates(state["sv"], updates)
+  if step.param_dtype == "bfloat16":   # emulate SV parameters stored in bf16
+    sv = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), sv)
   metrics = {"loss": loss / groups,  # mean per concept; the gradient uses the sum
              "factor": jnp.mean(jnp.abs(sv["factor"])),
              "direction_norm": jnp.mean(jnp.linalg.norm(sv["direction"], axis=-1)),
@@ -202,29 +253,54 @@ def optimizer_for(width: int, step: StepConfig, run: RunConfig, total_steps: int
   return _unit_optimizer(width, step, total_steps), {"factor": lr_f, "direction": lr_d}
 
 
-def initial_sv(step: StepConfig, run: RunConfig, width: int, concept_indices: Sequence[int]):
+def initial_sv(step: StepConfig, run: RunConfig, width: int, concept_indices: Sequence[int],
+               row_runs: Optional[Sequence[RunConfig]] = None):
   """One SV per concept, each drawn from a key folded with the concept's global index, so a
-  concept gets the same init whether it trains alone or stacked with others."""
+  concept gets the same init whether it trains alone or stacked with others. `row_runs`
+  gives each row its own init sizes (a grid search stacking its points)."""
   base = jax.random.PRNGKey(run.seed)
-  rows = [init_sv(jax.random.fold_in(base, int(c)), width, run.beta, run.lam,
-                  run.direction_init) for c in concept_indices]
+  row_runs = row_runs or [run] * len(concept_indices)
+  rows = []
+  for c, r in zip(concept_indices, row_runs):
+    sv = init_sv(jax.random.fold_in(base, int(c)), width, r.beta, r.lam, r.direction_init)
+    rows.append(dict(sv, factor=factor_mode(step.factor_mode).init(sv["factor"], r)))
   sv = {k: jnp.stack([r[k] for r in rows]) for k in ("factor", "direction")}
-  sv["factor"] = factor_mode(step.factor_mode).init(sv["factor"], run)
+  if step.param_dtype == "bfloat16":
+    sv = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), sv)
   return sv
 
 
+def row_learning_rates(width: int, step: StepConfig, run: RunConfig, total_steps: int,
+                       row_runs: Optional[Sequence[RunConfig]] = None) -> dict:
+  """{"factor", "direction"}: the width-scaled base rates, one per row with `row_runs`."""
+  if not row_runs:
+    return {k: jnp.float32(v) for k, v in optimizer_for(width, step, run, total_steps)[1].items()}
+  rates = [optimizer_for(width, step, r, total_steps)[1] for r in row_runs]
+  return {k: jnp.asarray([r[k] for r in rates], jnp.float32) for k in ("factor", "direction")}
+
+
 def fresh_state(step: StepConfig, run: RunConfig, width: int, concept_indices: Sequence[int],
-                total_steps: int):
-  """The train state before step 0: SVs, optimizer state, step, RNG."""
-  sv = initial_sv(step, run, width, concept_indices)
-  tx, lrs = optimizer_for(width, step, run, total_steps)
+                total_steps: int, row_runs: Optional[Sequence[RunConfig]] = None):
+  """The train state before step 0: SVs, optimizer state, step, RNG, base rates."""
+  sv = initial_sv(step, run, width, concept_indices, row_runs)
+  tx, _ = optimizer_for(width, step, run, total_steps)
   return {"sv": sv, "opt": tx.init(sv), "step": jnp.zeros((), jnp.int32),
           "rng": jax.random.PRNGKey(run.seed + 1),
-          "lr": {k: jnp.float32(v) for k, v in lrs.items()}}
+          "lr": row_learning_rates(width, step, run, total_steps, row_runs)}
+
+
+def _scaled(update, lr):
+  """`update` times its rate: one scalar, or one per stacked row."""
+  return update * jnp.reshape(lr, jnp.shape(lr) + (1,) * (update.ndim - jnp.ndim(lr)))
 
 
 def _finite(tree) -> bool:
   return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))
+
+
+def _rates(lr) -> str:
+  lr = np.asarray(lr)
+  return f"{float(lr):.4g}" if lr.ndim == 0 else f"{lr.min():.4g}..{lr.max():.4g}"
 
 
 def _fmt_time(seconds: float) -> str:
@@ -232,50 +308,23 @@ def _fmt_time(seconds: float) -> str:
   return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-# An edit this many times the residual stream's norm drowns the block output; gradients
-# this many logged steps in a row at zero mean the SV no longer learns.
-EDIT_WARN_RATIO = 100.0
-STALL_WARN_LOGS = 3
-
-
-class _Health:
-  """Warns once when the SV stops learning or its edit dwarfs the residual stream."""
-
-  def __init__(self, residual: float, trains_factor: bool, tag: str, log):
-    self.residual, self.trains_factor, self.tag, self.log = residual, trains_factor, tag, log
-    self.stalled, self.warned = 0, set()
-
-  def check(self, done: int, metrics: dict, sv):
-    grads = metrics["grad_direction"] + (metrics["grad_factor"] if self.trains_factor else 0)
-    self.stalled = self.stalled + 1 if grads == 0 else 0
-    if self.stalled >= STALL_WARN_LOGS and "stall" not in self.warned:
-      self.warned.add("stall")
-      self.log(f"{self.tag}WARNING: zero gradients for {self.stalled} progress lines in a row "
-               f"(step {done}): the SV has stopped learning. Lower optim.lr_direction / "
-               "optim.lr_factor or sv.beta.")
-    factor = np.abs(np.asarray(sv["factor"], np.float64))
-    direction = np.linalg.norm(np.asarray(sv["direction"], np.float64), axis=-1)
-    edit = float(np.max(factor * direction)) if factor.any() else float(np.max(direction))
-    if self.residual > 0 and edit > EDIT_WARN_RATIO * self.residual and "edit" not in self.warned:
-      self.warned.add("edit")
-      self.log(f"{self.tag}WARNING: the edit |alpha|*||v|| = {edit:.3g} at step {done} is "
-               f"{edit / self.residual:.3g}x the residual stream's norm ({self.residual:.3g}): "
-               "the SV overwrites the block output. Lower optim.lr_direction / optim.lr_factor "
-               "or sv.beta / sv.lam.")
-
-
 def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptData],
                    concept_indices: Sequence[int], step_cfg: StepConfig, run: RunConfig,
                    workdir: str, log=print, metrics_path: Optional[str] = None, tag: str = "",
-                   writer=None, mesh=None, rules=None):
+                   writer=None, mesh=None, rules=None,
+                   row_runs: Optional[Sequence[RunConfig]] = None):
   """Train one stacked SV for `concepts` (resuming from `workdir/checkpoints` if present).
 
   `params` are taken as placed; with a `mesh` (and logical-axis `rules`, see
   steerjax.sharding) they must already be on it (`sharding.shard_params`), and the example
   store and the stacked SV are sharded over it with explicit step shardings.
-  Returns the final stacked SV as numpy arrays {"factor": [C], "direction": [C, D]}.
+  `row_runs` (one RunConfig per concept) give each row its own init sizes and rates; the
+  seed, loop and checkpoints stay `run`'s. Returns the final stacked SV as numpy arrays
+  {"factor": [C], "direction": [C, D]}.
   """
   groups = len(concepts)
+  if row_runs is not None and len(row_runs) != groups:
+    raise ValueError(f"{len(row_runs)} row_runs for {groups} concepts")
   data, n = prepare_data(concepts, step_cfg.objective, model.cfg.pad_id)
   if step_cfg.batch_size > n:
     raise ValueError(f"train.batch_size={step_cfg.batch_size} exceeds the {n} examples per "
@@ -285,8 +334,10 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
   if run.max_steps:
     total = min(total, run.max_steps)
   width = model.cfg.dim
-  tx, lrs = optimizer_for(width, step_cfg, run, per_epoch * step_cfg.epochs)
-  state = fresh_state(step_cfg, run, width, concept_indices, per_epoch * step_cfg.epochs)
+  schedule = schedule_length(step_cfg, per_epoch * step_cfg.epochs)
+  tx, _ = optimizer_for(width, step_cfg, run, schedule)
+  state = fresh_state(step_cfg, run, width, concept_indices, schedule, row_runs)
+  lrs = {k: np.asarray(v) for k, v in state["lr"].items()}
   ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   if ckpts.latest_step() is not None:
     lrs_now = state["lr"]
@@ -297,8 +348,8 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
     from steerjax import sharding
     data = sharding.place_store(data, mesh, rules)
   arrays = precompute(model, params, spec, data, step_cfg, run, log)
-  health = _Health(residual_norm(model, params, spec, arrays),
-                   factor_mode(step_cfg.factor_mode).trained, tag, log)
+  health = Health(residual_norm(model, params, spec, arrays, _site_outputs),
+                  factor_mode(step_cfg.factor_mode).trained, tag, log)
   step_fn = functools.partial(train_step, model=model, spec=spec, step=step_cfg, groups=groups,
                               tx=tx)
   if mesh is not None:
@@ -314,7 +365,8 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
   last_good = start
   t0 = time.time()
   log(f"{tag}{groups} concept(s), {n} examples each, {total} steps "
-      f"(lr factor {lrs['factor']:.4g}, lr direction {lrs['direction']:.4g} at width {width})")
+      f"(lr factor {_rates(lrs['factor'])}, lr direction {_rates(lrs['direction'])} at width "
+      f"{width})")
   for step in range(start, total):
     idx = np.tile(batch_indices(n, step_cfg.batch_size, run.seed, step), groups) + offsets
     state, metrics = step_fn(state, params=params, data=arrays, idx=jnp.asarray(idx, jnp.int32),

@@ -51,6 +51,10 @@ def factor_mode(name: str) -> FactorMode:
   return FACTOR_MODES[name]
 
 
+SCHEDULE_STEPS = ("updates", "micro_batches")
+PARAM_DTYPES = ("float32", "bfloat16")
+
+
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
   """What the compiled train step depends on: runs that share it share one program."""
@@ -64,10 +68,21 @@ class StepConfig:
   schedule: str = "linear"
   warmup_steps: int = 0
   weight_decay: float = 0.0
+  grad_accum_steps: int = 1          # micro-batches per update (exact: equals the big batch)
+  schedule_steps: str = "updates"    # updates | micro_batches (the authors' longer schedule)
+  param_dtype: str = "float32"       # bfloat16 emulates the authors' bf16 SV storage
 
   def __post_init__(self):
     losses.objective(self.objective)
     factor_mode(self.factor_mode)
+    if self.grad_accum_steps < 1 or self.batch_size % self.grad_accum_steps:
+      raise ValueError(f"train.grad_accum_steps={self.grad_accum_steps} must be >= 1 and divide "
+                       f"train.batch_size={self.batch_size}")
+    if self.schedule_steps not in SCHEDULE_STEPS:
+      raise ValueError(f"train.schedule_steps={self.schedule_steps!r}; use one of "
+                       f"{SCHEDULE_STEPS}")
+    if self.param_dtype not in PARAM_DTYPES:
+      raise ValueError(f"sv.param_dtype={self.param_dtype!r}; use one of {PARAM_DTYPES}")
     if self.batch_size < 1 or self.epochs < 1:
       raise ValueError(f"train.batch_size={self.batch_size} and train.epochs={self.epochs} "
                        "must be >= 1")
@@ -102,6 +117,13 @@ class RunConfig:
     if self.log_every < 1 or self.checkpoint_every < 1:
       raise ValueError(f"train.log_every={self.log_every} and train.checkpoint_every="
                        f"{self.checkpoint_every} must be >= 1")
+
+
+def schedule_length(step: StepConfig, updates: int) -> int:
+  """Steps the learning-rate schedule is laid over. The authors' code counted micro-batches
+  while stepping per update, so with accumulation their rate ends near 1 - 1/accum of its
+  start instead of 0; `schedule_steps="micro_batches"` reproduces that."""
+  return updates * (step.grad_accum_steps if step.schedule_steps == "micro_batches" else 1)
 
 
 def needs_neutral(objective: str) -> bool:

@@ -50,7 +50,8 @@ def tiny_config(model_dir, cache_dir, server_url=""):
       over.batch_size, over.epochs = 3, 1
   c.method_overrides.fssv_lang_sampled.grid = GRID
   c.judge.update(base_url=server_url, model="judge-test", api_key_env=KEY_ENV, concurrency=8,
-                 max_retries=1, timeout_s=10.0)
+                 max_retries=1, timeout_s=10.0, templates="steerjax")
+  c.eval.steering_prompts = "judge"
   return c
 
 
@@ -227,5 +228,104 @@ def test_paper_configs_and_their_cost():
   assert (qwen.data.task, qwen.data.num_concepts, qwen.steer.layer) == ("9b_l20", 100, 32)
   method = methods.from_config(qwen, "fssv_reps_sampled")
   assert method.step.factor_set == tuple(range(20, 201, 20)) and max(method.grid) == 400
-  assert method.neutral == "model" and method.step.objective == "reps"
+  assert method.neutral == "model" and method.step.objective == "reps_axbench"
   assert methods.from_config(qwen, "prosv_simpo").run.direction_init == "uniform"
+
+
+def _released_clone(root, concepts, task="2b_l10"):
+  """A local 'clone' of the authors' data folder in the released schema: contrast triples
+  for every concept, a steering prompt and attack prompts for the first one only."""
+  gen = lambda suite: os.path.join(root, "data", suite, f"prod_{task}_v1", "generate")
+  os.makedirs(gen("concept500_contrast"))
+  os.makedirs(gen("concept500"))
+  pd.DataFrame([{"negative_input": f"Question {k} about {c.name}?",
+                 "negative_output": f"A plain answer {k}.",
+                 "positive_input": f"Please incorporate the following concept: {c.name}",
+                 "positive_output": f"An answer {k} full of {c.name}.",
+                 "concept_id": c.concept_id, "concept": c.name, "concept_genre": "text",
+                 "category": "positive"} for c in concepts for k in range(8)]).to_parquet(
+      os.path.join(gen("concept500_contrast"), "contrast_train_data.parquet"))
+  first = concepts[0]
+  pd.DataFrame([{"steering_prompt": f"Always mention {first.name}.", "concept": first.name,
+                 "concept_id": first.concept_id}]).to_parquet(
+      os.path.join(gen("concept500"), "steering_prompt_prepend.parquet"))
+  pd.DataFrame([{"original_prompt": f"Instruction {k}", "concept_id": first.concept_id,
+                 "steered_prompt": f"Instruction {k}, never mentioning {first.name}",
+                 "concept": first.name} for k in range(10)]).to_parquet(
+      os.path.join(gen("concept500"), "suppression_prompt_blended.parquet"))
+  return root
+
+
+def test_released_data_feeds_neutral_responses_and_steering_prompts(model_dir, tmp_path):
+  from steerjax.data import released
+  from steerjax.eval.judge import LocalJudge
+  from steerjax.jobs.axbench import Run
+  config = tiny_config(model_dir, str(tmp_path / "cache"))
+  concepts = data.concept_list("concept10", "2b_l10")[:2]
+  clone = _released_clone(str(tmp_path / "prosv"), concepts)
+  config.data.update(neutral="released", released_repo=clone, task="2b_l10")
+  config.eval.steering_prompts = "released"
+  lines, asked = [], []
+
+  def chat(prompts):
+    asked.extend(prompts)
+    return [WRITTEN_REPLY] * len(prompts)
+  ctx = common.setup(config, log=lines.append, bundle=common.load_model(config))
+  with LocalJudge(chat, name="writer", cache_dir=None) as judge:
+    run = Run(ctx, str(tmp_path / "run"), judge)
+    simpo = methods.from_config(config, "prosv_simpo")
+    train = run.training_data(simpo)
+    tok = ctx.tok
+    assert train[1].prompts[2] == tok.chat_prompt(f"Question 2 about {concepts[1].name}?")
+    d = config.data
+    assert train[1].responses[2] == tok.encode(
+        f"An answer 2 full of {concepts[1].name}.")[:d.max_response_tokens]
+    assert train[1].neutral[2] == tok.encode("A plain answer 2.")[:d.neutral_max_tokens]
+    assert len(train[0].prompts) == config.data.n_train and asked == []
+    prompts = run.steering_prompts(run.bench.concepts)
+    assert prompts == {concepts[0].concept_id: f"Always mention {concepts[0].name}.",
+                       concepts[1].concept_id: WRITTEN_REPLY}
+    assert len(asked) == 1 and concepts[1].name in asked[0]   # the judge wrote the missing one
+    assert any("1 concept(s) not in the file" in line for line in lines)
+    run.store.close()
+  attack = released.frame("suppression", "2b_l10", local_clone=clone)
+  assert list(attack["steered_prompt"])[3] == f"Instruction 3, never mentioning {concepts[0].name}"
+
+  bad = os.path.join(clone, "data", "concept500", "prod_2b_l10_v1", "generate",
+                     "steering_prompt_prepend.parquet")
+  pd.DataFrame([{"prompt": "x", "concept": "y", "concept_id": 0}]).to_parquet(bad)
+  with pytest.raises(ValueError, match=r"not the released steering_prompts schema; missing "
+                                       r"\['steering_prompt'\]"):
+    released.frame("steering_prompts", "2b_l10", local_clone=clone)
+
+
+def test_search_job_writes_a_config_the_axbench_job_runs(model_dir, tmp_path, monkeypatch):
+  import importlib.util
+  from steerjax.jobs import search
+  monkeypatch.setenv(KEY_ENV, "sk-axbench-test")
+  with JudgeServer() as server:
+    config = tiny_config(model_dir, str(tmp_path / "cache"), server.url)
+    config.job = "search"
+    config.search.update(method="prosv_lang", concepts="config", beta=(1.0, 4.0),
+                         lr_factor=(1.0, 10.0), lam=(1.0,), lr_direction=(0.04,), epochs=(1,),
+                         batch_size=(3,))
+    bundle = common.load_model(config)
+    lines = []
+    out = search.run(config, str(tmp_path / "search"), log=lines.append, bundle=bundle)
+    assert len(out["points"]) == 4 and out["best"]["overall"] == max(
+        p["overall"] for p in out["points"])
+    # The four points trained stacked as 8 rows (4 points x 2 concepts) of one step.
+    assert sum("search rows 0..7" in line and "steps" in line for line in lines) == 1
+    table = open(tmp_path / "search" / "search.md").read()
+    assert table.count("| 00") == 4
+
+    spec = importlib.util.spec_from_file_location("best", tmp_path / "search" / "best_config.py")
+    best = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(best)
+    final = best.get_config()
+    assert final.job == "axbench" and tuple(final.methods) == ("prosv_lang",)
+    chosen = final.method_overrides.prosv_lang
+    assert (chosen.beta, chosen.lr_factor) == (out["best"]["beta"], out["best"]["lr_factor"])
+    assert isinstance(final.data.concepts, tuple)
+    result = axbench_job.run(final, str(tmp_path / "final"), log=lambda *a: None, bundle=bundle)
+    assert [m["method"] for m in result["methods"]] == ["prosv_lang"]

@@ -215,3 +215,17 @@ def test_plan_loads_no_model(monkeypatch):
   assert by_method["prosv_lang"]["svs"] == 3 and by_method["unsteered"]["svs"] == 0
   assert by_method["fssv_lang_sampled"]["generations"] == 3 * 10 * 14
   assert methods.from_config(demo_config.get_config(), "prompting").kind == "prompting"
+
+
+def test_an_alias_offline_says_to_set_the_data_root(monkeypatch):
+  import huggingface_hub
+  from steerjax.models import LoadError, load
+
+  def offline(*a, **k):
+    raise ConnectionError("no network")
+  monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+  monkeypatch.delenv("STEERJAX_DATA")
+  with pytest.raises(LoadError, match=r"STEERJAX_DATA is unset.*ConnectionError.*Set "
+                                      r"STEERJAX_DATA to a folder that holds "
+                                      r"stories260K/stories260K.bin"):
+    load("stories260K")

@@ -192,6 +192,13 @@ def cache_lines(cache_dir):
     ("Rating: [[1.5]]", (0, False)),
     ("Rating: [[k]]", (0, False)),
     ("Rating: [[2]]\nRating: unsure", (0, False)),
+    # markdown and punctuation both references read through
+    ("Rating: **[[2]]**", (2, True)),
+    ("**Rating:** [[1]]", (1, True)),
+    ("**Rating**: [[2]]", (2, True)),
+    ("Rating: [[2]].", (2, True)),
+    ('Rating: "1"', (1, True)),
+    ("The concept is clear. Rating: [[2]] (fully incorporated)", (2, True)),
     ("I would give it a two.", (0, False)),
     ("", (0, False)),
     (None, (0, False)),
@@ -491,3 +498,106 @@ def test_items_must_have_string_fields(tmp_path):
   with LocalJudge(FakeChat(), cache_dir=None) as judge:
     with pytest.raises(ValueError, match="continuation"):
       judge.rate([{"concept": "c", "instruction": "i"}])
+
+
+# ---- template sources ----
+
+AXBENCH_LAYOUT = '''
+UNIDIRECTIONAL_PAIRWISE_EVALUATION_CONCEPT_RELEVANCE_TEMPLATE = """[System]
+Concept test. Rate 0 to 2. "Rating: [[score]]".
+
+[Concept Start]
+{concept}
+[Concept End]
+
+[Sentence Fragment Start]
+{sentence}
+[Sentence Fragment End]
+"""
+
+UNIDIRECTIONAL_PAIRWISE_EVALUATION_INSTRUCTION_RELEVANCE_TEMPLATE = """[System]
+Instruction test.
+[Instruction Start]
+{instruction}
+[Instruction End]
+[Sentence Fragment Start]
+{sentence}
+[Sentence Fragment End]
+"""
+
+UNIDIRECTIONAL_PAIRWISE_EVALUATION_FLUENCY_TEMPLATE = """Fluency test.
+[Sentence Fragment Start]
+{sentence}
+[Sentence Fragment End]
+"""
+'''
+
+
+def test_a_template_file_drives_the_judge_and_its_cache_key(tmp_path):
+  from steerjax.eval import templates
+  path = tmp_path / "my_templates.py"
+  path.write_text(AXBENCH_LAYOUT)
+  mine = templates.load(str(path))
+  item = {"concept": "volcanoes", "instruction": "Describe a bakery.",
+          "continuation": "Lava bread rises."}
+  assert mine.render("concept", item).startswith("[System]\nConcept test.")
+  assert "volcanoes" in mine.render("concept", item)
+  assert "Lava bread rises." in mine.render("fluency", item)
+  asked = []
+
+  def chat(prompts):
+    asked.extend(prompts)
+    return ["Fine.\nRating: [[2]]"] * len(prompts)
+  with LocalJudge(chat, name="tiny", cache_dir=str(tmp_path / "cache"), templates=mine) as judge:
+    assert scores(judge.rate([item])[0]) == dict.fromkeys(
+        ("concept_score", "instruction_score", "fluency_score"), 2)
+  assert asked[2].startswith("Fluency test.") and len(asked) == 3
+  # The same item under other templates is another cache entry; under the same, a hit.
+  with LocalJudge(chat, name="tiny", cache_dir=str(tmp_path / "cache")) as judge:
+    judge.rate([item])
+    assert judge.stats.cache_hits == 0
+  with LocalJudge(chat, name="tiny", cache_dir=str(tmp_path / "cache"), templates=mine) as judge:
+    judge.rate([item])
+    assert judge.stats.cache_hits == 3
+  request = {"model": "m", "messages": [], "temperature": 0, "max_tokens": 1}
+  assert request_key(request, mine.digest) != request_key(request, templates.STEERJAX.digest)
+
+
+def test_pinned_templates_download_once_or_read_a_local_clone(tmp_path, monkeypatch):
+  from steerjax import pinned
+  from steerjax.eval import templates
+  pin = templates.PINNED["axbench"]
+  served = []
+
+  class Response:
+    def __init__(self, url):
+      served.append(url)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    def read(self):
+      return AXBENCH_LAYOUT.encode()
+  monkeypatch.setattr(pinned.urllib.request, "urlopen", lambda url, timeout: Response(url))
+  first = templates.load("axbench", str(tmp_path / "cache"))
+  again = templates.load("axbench", str(tmp_path / "cache"))
+  assert served == [f"https://raw.githubusercontent.com/{pin.repo}/{pin.commit}/{pin.path}"]
+  assert first == again and first.name == f"axbench@{pin.commit[:12]}"
+
+  clone = tmp_path / "prosv"
+  (clone / "src" / "reft").mkdir(parents=True)
+  (clone / "src" / "reft" / "llm_judge.py").write_text(
+      AXBENCH_LAYOUT.replace("UNIDIRECTIONAL_PAIRWISE_EVALUATION_CONCEPT_RELEVANCE_", "CONCEPT_")
+      .replace("UNIDIRECTIONAL_PAIRWISE_EVALUATION_INSTRUCTION_RELEVANCE_", "RELEVANCE_")
+      .replace("UNIDIRECTIONAL_PAIRWISE_EVALUATION_FLUENCY_", "FLUENCY_"))
+  assert templates.load("prosv", local_clone=str(clone)).prompts == first.prompts
+  (tmp_path / "bad.py").write_text('CONCEPT = "{concept}"\n')
+  with pytest.raises(ValueError, match="defines no"):
+    templates.load(str(tmp_path / "bad.py"))
+  (tmp_path / "bad.json").write_text(json.dumps(
+      {"concept": "{concept} {sentence}", "instruction": "{instruction}", "fluency": "{text}"}))
+  with pytest.raises(ValueError, match="the fluency template has a placeholder other than"):
+    templates.load(str(tmp_path / "bad.json"))

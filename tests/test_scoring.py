@@ -193,3 +193,33 @@ def test_results_table():
   assert lines[3] == "| a\\|b | 0.500 |  |  |"
   default = results_table([{"x": 1}, {"y": 0.25}], digits=2).splitlines()
   assert default[0] == "| x | y |" and default[3] == "|  | 0.25 |"
+
+
+# ---- oracle and random-split scores ----
+
+def _rated(cid, factor, iid, score):
+  """A record whose harmonic mean is `score` (0, 1, 1.5 or 2)."""
+  ratings = {0: (0, 2, 2), 1: (1, 1, 1), 1.5: (1, 2, 2), 2: (2, 2, 2)}[score]
+  return dict(concept_id=cid, factor=factor, instruction_id=iid, concept="c",
+              **dict(zip(("concept_score", "instruction_score", "fluency_score"), ratings)))
+
+
+def test_oracle_and_random_splits_on_known_ratings():
+  from steerjax.eval.scoring import oracle_scores, score_grid, split_scores
+  # factor 1: 2 on ids 0..4 and 0 on 5..9; factor 2: 1.5 everywhere.
+  records = ([_rated(0, 1.0, i, 2 if i < 5 else 0) for i in range(10)]
+             + [_rated(0, 2.0, i, 1.5) for i in range(10)])
+  assert score_grid(records) == {0: 0.0}              # fixed split: picks 1, scores 0
+  assert oracle_scores(records, grid=True) == {0: 1.5}
+  # Over all 252 halvings: factor 1 wins the selection half only with >= 4 of ids 0..4
+  # in it (1 + 25 halvings), then scores 0 or 0.4 on the other half; else factor 2: 1.5.
+  expected = (1 * 0.0 + 25 * 0.4 + 226 * 1.5) / 252
+  splits = split_scores(records, grid=True, n_splits=4000, seed=1)
+  assert abs(splits.mean() - expected) < 0.02 and splits.std() > 0
+  # Scores that do not depend on the instruction: every protocol agrees, with no spread.
+  flat = [_rated(0, f, i, s) for f, s in ((1.0, 1), (2.0, 2)) for i in range(10)]
+  assert score_grid(flat) == oracle_scores(flat, grid=True) == {0: 2.0}
+  assert set(split_scores(flat, grid=True, n_splits=20).tolist()) == {2.0}
+  joint = [_rated(0, None, i, 2 if i % 2 else 1) for i in range(10)]
+  assert oracle_scores(joint, grid=False) == {0: 1.5}
+  assert abs(split_scores(joint, grid=False, n_splits=4000).mean() - 1.5) < 0.02

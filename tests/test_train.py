@@ -1,5 +1,7 @@
 """Training: optimizer rules, concept batching, the prefix cache, width transfer, NaN stops."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,3 +161,102 @@ def test_width_transfer_under_mup_scaling():
   drift = [r["step_rms"] for r in equal]
   growth = drift[-1] / drift[0]
   assert 0.5 * 4.0 < growth < 2.0 * 4.0, f"equal learning rates should drift like sqrt(n): {drift}"
+
+
+@pytest.mark.parametrize("objective,factor_mode", [("lang", "joint"), ("simpo", "joint"),
+                                                   ("reps", "sampled"),
+                                                   ("reps_axbench", "sampled")])
+def test_gradient_accumulation_equals_the_big_batch(tiny, objective, factor_mode):
+  """Micro-batches give the big batch's loss and gradients, Lang's token mean included
+  (the synthetic prompts have unequal lengths)."""
+  from steerjax import train
+  model, params = tiny
+  spec = SteerSpec(1, "f2+l2")
+  concepts = _concepts(2)
+  data, _ = prepare_data(concepts, objective, CFG.pad_id)
+  step1, run = train_configs(**dict(OPTS, objective=objective, factor_mode=factor_mode))
+  arrays = train.precompute(model, params, spec, data, step1, run, log=quiet)
+  state = fresh_state(step1, run, CFG.dim, [0, 1], total_steps=4)
+  idx = jnp.asarray([0, 3, 5, 6, 8, 9, 12, 15], jnp.int32)
+  group = jnp.asarray([0, 0, 0, 0, 1, 1, 1, 1], jnp.int32)
+  key = jax.random.key(3)
+  want_loss, want = jax.value_and_grad(train.loss_fn)(state["sv"], model, spec, step1, 2,
+                                                       params, arrays, idx, group, key)
+  for k in (2, 4):
+    step_k = dataclasses.replace(step1, grad_accum_steps=k)
+    loss, got = train.accumulated_loss_and_grad(state["sv"], model, spec, step_k, 2, params,
+                                                arrays, idx, group, key)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    for leaf in ("factor", "direction"):
+      np.testing.assert_allclose(got[leaf], want[leaf], rtol=1e-5, atol=1e-7)
+  assert float(jnp.abs(want["direction"]).max()) > 0
+
+
+def test_accumulated_training_matches_and_the_authors_schedule_ends_at_half(tiny, tmp_path):
+  from steerjax.train_config import schedule_length
+  model, params = tiny
+  spec, concepts = SteerSpec(1, "all"), _concepts(1)
+  big = train_concepts(model, params, spec, concepts, [0], *train_configs(**OPTS),
+                       str(tmp_path / "big"), log=quiet)
+  small = train_concepts(model, params, spec, concepts, [0],
+                         *train_configs(**dict(OPTS, grad_accum_steps=2)),
+                         str(tmp_path / "small"), log=quiet)
+  for leaf in ("factor", "direction"):
+    np.testing.assert_allclose(small[leaf], big[leaf], rtol=1e-5, atol=1e-6)
+  step, _ = train_configs(**dict(OPTS, grad_accum_steps=2, schedule_steps="micro_batches"))
+  assert schedule_length(step, 4) == 8    # 4 updates decay over 8 steps: the rate ends at 1/2
+  with pytest.raises(ValueError, match="grad_accum_steps=3 must be >= 1 and divide"):
+    train_configs(**dict(OPTS, grad_accum_steps=3))
+
+
+def test_bf16_storage_swallows_small_factor_steps(tiny, tmp_path):
+  """The authors' bf16 SVs: bf16(96) - 0.1 == 96, so a small factor rate never moves it."""
+  model, params = tiny
+  opts = dict(OPTS, beta=96 / CFG.dim ** 0.5, lr_factor=0.1, epochs=1)
+  spec, concepts = SteerSpec(1, "all"), _concepts(1)
+  fp32 = train_concepts(model, params, spec, concepts, [0], *train_configs(**opts),
+                        str(tmp_path / "fp32"), log=quiet)
+  bf16 = train_concepts(model, params, spec, concepts, [0],
+                        *train_configs(**dict(opts, param_dtype="bfloat16")),
+                        str(tmp_path / "bf16"), log=quiet)
+  assert float(bf16["factor"][0]) == 96.0 and abs(float(fp32["factor"][0]) - 96.0) > 0.05
+  d = np.asarray(bf16["direction"])
+  assert np.array_equal(d, d.astype(jnp.bfloat16).astype(np.float32))
+
+
+def test_reps_as_axbench_trains_it():
+  """Whole-sequence length normalisation, the reference margin, and the steering and
+  NullInv terms averaged (AxBench's `scaled_simpo`), on hand-made log-probs."""
+  lp = {("pos", None): np.array([-10.0, -30.0]), ("neg", None): np.array([-20.0, -12.0]),
+        ("pos", "null"): np.array([-25.0, -28.0]), ("neg", "null"): np.array([-9.0, -15.0])}
+  batch = {"pos": {"ref": np.array([-22.0, -26.0]), "length": np.array([10.0, 20.0])},
+           "neg": {"ref": np.array([-18.0, -16.0]), "length": np.array([8.0, 16.0])}}
+  logprob = lambda name, op=None: (jnp.asarray(lp[(name, op)]), jnp.ones(2))
+  got = losses.OBJECTIVES["reps_axbench"].loss(logprob, batch, jnp.zeros(2, jnp.int32), 1)
+  nls = lambda d: np.log1p(np.exp(-d))
+  p, n = batch["pos"], batch["neg"]
+  steer = (np.maximum(n["ref"] - p["ref"], 1) * lp[("pos", None)] / p["length"]
+           - lp[("neg", None)] / n["length"])
+  null = (np.maximum(p["ref"] - n["ref"], 1) * lp[("neg", "null")] / n["length"]
+          - lp[("pos", "null")] / p["length"])
+  np.testing.assert_allclose(got, np.mean(0.5 * (nls(steer) + nls(null))), rtol=1e-6)
+  assert losses.OBJECTIVES["reps_axbench"].independent_factors
+
+
+def test_grid_points_stacked_as_rows_equal_separate_runs(tiny, tmp_path):
+  """A search stacks grid points with their own beta, lam and rates as rows of one step."""
+  from steerjax.train import RunConfig
+  model, params = tiny
+  spec, (c,) = SteerSpec(1, "f2+l2"), _concepts(1)
+  step, run = train_configs(**OPTS)
+  points = [dataclasses.replace(run, beta=b, lam=lam, lr_factor=lr)
+            for b, lam, lr in ((1.0, 4.0, 0.5), (4.0, 1.0, 2.0), (2.0, 8.0, 0.1))]
+  assert all(isinstance(p, RunConfig) for p in points)
+  stacked = train_concepts(model, params, spec, [c] * 3, [0, 0, 0], step, run,
+                           str(tmp_path / "stacked"), log=quiet, row_runs=points)
+  for k, point in enumerate(points):
+    alone = train_concepts(model, params, spec, [c], [0], step, point, str(tmp_path / str(k)),
+                           log=quiet)
+    for leaf in ("factor", "direction"):
+      np.testing.assert_allclose(stacked[leaf][k], alone[leaf][0], rtol=1e-5, atol=1e-6)
+  assert len({float(f) for f in stacked["factor"]}) == 3

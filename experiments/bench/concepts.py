@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 
 from experiments.bench import common as bc
 from steerjax.models import load

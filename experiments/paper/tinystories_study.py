@@ -81,6 +81,8 @@ class Study:
     config.train.epochs = epochs
     if "positions" in overrides:
       overrides = dict(overrides, batch_size=BATCH)
+    else:   # run keys are not method names, so an untrained run says what it is
+      overrides = dict(overrides, kind=overrides.get("kind", "unsteered"))
     config.method_overrides[key] = ml_collections.ConfigDict(overrides)
     return dataclasses.replace(self.ctx, config=config), methods.from_config(config, key)
 

@@ -25,7 +25,7 @@ HUB_REPOS = {"concept10": "pyvene/axbench-concept10", "concept500": "pyvene/axbe
 TASKS = ("2b_l10", "2b_l20", "9b_l20", "9b_l31")
 ALPACA_REPO = "tatsu-lab/alpaca_eval"
 N_EVAL = 10
-NEUTRAL_SOURCES = ("model", "judge")
+NEUTRAL_SOURCES = ("model", "judge", "released")
 
 NEUTRAL_REQUEST = """\
 Reply to the instruction below the way a helpful assistant would, in at most about 100 \
@@ -148,8 +148,8 @@ def neutral_responses(store: TextStore, source: str, source_name: str, items: Se
   Each y is stored under (source, source_name, concept, instruction) as soon as its chunk
   is made, so an interrupted run keeps what it has.
   """
-  if source not in NEUTRAL_SOURCES:
-    raise ValueError(f"neutral source {source!r}; expected one of {NEUTRAL_SOURCES}")
+  if source not in ("model", "judge"):
+    raise ValueError(f"neutral source {source!r}; expected 'model' or 'judge'")
   keys = [store.key("neutral", source, source_name, c.name, x, max_tokens) for c, x, _ in items]
   found = [store.get(k) for k in keys]
   todo = [i for i, v in enumerate(found) if v is None]
@@ -209,3 +209,16 @@ def training_data(bench: Benchmark, tok, max_response_tokens: int = 128,
     ys = {c.concept_id: [next(flat) for _ in bench.pairs[c.concept_id]] for c in bench.concepts}
   return [ConceptData(concept_name(c), *tokenized[c.concept_id], ys.get(c.concept_id))
           for c in bench.concepts]
+
+
+def contrast_training_data(concept: Concept, rows, tok, n_train: int = 0,
+                           max_response_tokens: int = 128,
+                           neutral_max_tokens: int = 128) -> ConceptData:
+  """One concept's SimPO triples from the authors' released contrast rows (see
+  steerjax.data.released): x = negative_input, y_c = positive_output, y = negative_output."""
+  rows = rows.iloc[:n_train] if n_train else rows
+  prompts, responses = tokenize_pairs(tok, list(zip(rows["negative_input"],
+                                                    rows["positive_output"])),
+                                      max_response_tokens)
+  neutral = [tok.encode(y)[:neutral_max_tokens] for y in rows["negative_output"]]
+  return ConceptData(concept_name(concept), prompts, responses, neutral)

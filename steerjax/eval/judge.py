@@ -25,8 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence
 
-from steerjax.eval.templates import (KINDS, MAX_RATING, PROMPTS, parse_rating,  # noqa: F401
-                                     render_prompt)
+from steerjax.eval.templates import (KINDS, MAX_RATING, PROMPTS, STEERJAX,  # noqa: F401
+                                     Templates, parse_rating, render_prompt)
 from steerjax.store import JsonlStore as ReplyCache
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,12 @@ CACHE_FILE = "judge_cache.jsonl"
 FATAL_STATUS = (401, 403, 404)
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "steerjax", "judge")
 
-def request_key(request: Mapping) -> str:
-  """sha256 of the request (model, messages, temperature, max_tokens) as canonical JSON."""
+def request_key(request: Mapping, template: str = "") -> str:
+  """sha256 of the request (model, messages, temperature, max_tokens) and, for ratings, the
+  digest of the templates in use, as canonical JSON."""
   fields = {k: request[k] for k in ("model", "messages", "temperature", "max_tokens")}
+  if template:
+    fields["template"] = template
   canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
   return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -78,8 +81,9 @@ class Judge(Protocol):
 class _Judge:
   """Prompting, caching, de-duplication and parsing shared by the LLM judges."""
 
-  def __init__(self, cache_dir: Optional[str]):
+  def __init__(self, cache_dir: Optional[str], templates: Templates = STEERJAX):
     self.stats = JudgeStats()
+    self.templates = templates
     self.cache = ReplyCache(os.path.join(cache_dir, CACHE_FILE)) if cache_dir else None
 
   def _request(self, prompt: str) -> dict:
@@ -104,8 +108,8 @@ class _Judge:
       _check_item(item)
       item_keys = []
       for kind in KINDS:
-        request = self._request(render_prompt(kind, item))
-        key = request_key(request)
+        request = self._request(self.templates.render(kind, item))
+        key = request_key(request, self.templates.digest)
         requests.setdefault(key, request)
         item_keys.append(key)
       keys.append(item_keys)
@@ -219,7 +223,8 @@ class OpenAIJudge(_Judge):
                api_key_env: str = "OPENAI_API_KEY", temperature: float = 0.01,
                max_tokens: int = 500, concurrency: int = 8, max_retries: int = 5,
                timeout_s: float = 60.0, cache_dir: Optional[str] = DEFAULT_CACHE_DIR,
-               backoff_base_s: float = 1.0, backoff_max_s: float = 60.0):
+               backoff_base_s: float = 1.0, backoff_max_s: float = 60.0,
+               templates: Templates = STEERJAX):
     openai = _import_openai()
     api_key = api_key or os.environ.get(api_key_env)
     if not api_key:
@@ -227,7 +232,7 @@ class OpenAIJudge(_Judge):
     if concurrency < 1 or max_retries < 0:
       raise ValueError(f"need concurrency >= 1 and max_retries >= 0, "
                        f"got {concurrency} and {max_retries}")
-    super().__init__(cache_dir)
+    super().__init__(cache_dir, templates)
     self.base_url, self.model, self.name = base_url, model, model
     self.temperature, self.max_tokens = temperature, max_tokens
     self.concurrency, self.max_retries = concurrency, max_retries
@@ -320,10 +325,11 @@ class LocalJudge(_Judge):
   """
 
   def __init__(self, chat: Callable[[List[str]], List[str]], name: str = "local",
-               batch_size: int = 32, cache_dir: Optional[str] = DEFAULT_CACHE_DIR):
+               batch_size: int = 32, cache_dir: Optional[str] = DEFAULT_CACHE_DIR,
+               templates: Templates = STEERJAX):
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size} must be >= 1")
-    super().__init__(cache_dir)
+    super().__init__(cache_dir, templates)
     self.chat, self.name, self.batch_size = chat, name, batch_size
 
   def __repr__(self):

@@ -14,7 +14,8 @@ from steerjax.eval import scoring
 from steerjax.eval.scoring import RATINGS
 
 PER_CONCEPT_COLUMNS = ("method", "concept_id", "concept", "factor", "n") + RATINGS + ("overall",)
-SUMMARY_COLUMNS = ("method", "concepts", "overall", "ci_low", "ci_high", "concept_std", "concept",
+SUMMARY_COLUMNS = ("method", "concepts", "overall", "ci_low", "ci_high", "concept_std", "oracle",
+                   "split_mean", "split_std", "concept",
                    "instruction", "fluency", "generations", "judge_calls")
 
 

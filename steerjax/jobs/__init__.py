@@ -33,6 +33,7 @@ JOBS = {
     "train": Job("train", "steering vectors for the concepts of data.source"),
     "demo": Job("demo", "every method on TinyStories concepts, offline judge, results table"),
     "axbench": Job("axbench", "the paper's Table 2 protocol on AxBench with an LLM judge"),
+    "search": Job("search", "the paper's hyperparameter grid on development concepts"),
 }
 
 

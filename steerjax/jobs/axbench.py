@@ -17,6 +17,7 @@ report all 10. Outputs, under `workdir`:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -28,10 +29,10 @@ import numpy as np
 
 from steerjax import methods
 from steerjax.data import axbench as data
-from steerjax.data import sources
+from steerjax.data import released, sources
 from steerjax.eval import report, scoring
 from steerjax.generate import generate_many
-from steerjax.jobs import common
+from steerjax.jobs import common, sampling
 from steerjax.jobs.judges import cache_root, make_judge
 from steerjax.store import TextStore
 
@@ -52,13 +53,17 @@ def plan(config, prompt_tokens: int = 20) -> List[dict]:
   for m in methods.of_config(config):
     if methods.needs_neutral(m):
       neutral.add(m.neutral)
-    rows.append(common.method_cost(m, n, d.n_train, prompt_tokens + d.max_response_tokens,
-                                   data.N_EVAL, config.eval.max_new_tokens))
-  for source in sorted(neutral):
-    count, by_model = n * d.n_train, source == "model"
-    rows.append({"method": f"neutral y ({source})", "generations": count if by_model else 0,
-                 "new_tokens": count * d.neutral_max_tokens if by_model else 0,
-                 "judge_calls": 0 if by_model else count})
+    row = common.method_cost(m, n, d.n_train, prompt_tokens + d.max_response_tokens,
+                             data.N_EVAL, config.eval.max_new_tokens)
+    if m.kind == "prompting" and config.eval.steering_prompts == "released":
+      row["judge_calls"] -= n    # the steering prompts are read, not written
+    rows.append(row)
+  for source in sorted(neutral):   # released: none, unless the file lacks concepts
+    count = n * d.n_train
+    rows.append({"method": f"neutral y ({source})",
+                 "generations": count if source == "model" else 0,
+                 "new_tokens": count * d.neutral_max_tokens if source == "model" else 0,
+                 "judge_calls": count if source == "judge" else 0})
   return rows
 
 
@@ -78,12 +83,14 @@ def _read_jsonl(path: str) -> List[dict]:
 class Run:
   """What the methods of one run share: context, benchmark, judge, text store."""
 
-  def __init__(self, ctx, workdir: str, judge):
+  def __init__(self, ctx, workdir: str, judge, bench=None, contrast: str = "contrast"):
     self.ctx, self.config, self.workdir, self.judge = ctx, ctx.config, workdir, judge
-    self.bench = sources.axbench_benchmark(self.config)
+    self.bench = bench or sources.axbench_benchmark(self.config)
+    self.contrast = contrast   # the released file of SimPO triples for these concepts
     self.store = TextStore(os.path.join(cache_root(self.config), "axbench_texts.jsonl"))
     self.model_key = f"{self.config.model.path}|{ctx.model.cfg.fingerprint()}"
     self.stops = common.stop_ids(ctx.model, ctx.tok)
+    self.sampling = sampling.for_config(self.config)
     self._train_data = {}
 
   def generate(self, prompts, **kwargs):
@@ -91,21 +98,41 @@ class Run:
                          batch_size=self.config.eval.batch_size, sort_by_length=True,
                          fixed_batch=True, stop_ids=self.stops, **kwargs)
 
+  def _neutral(self, source: str):
+    """`items -> neutral y ids` made by the target model or written by the judge, stored."""
+    d = self.config.data
+    name = self.model_key if source == "model" else self.judge.name
+    make_ids = lambda prompts: self.generate(prompts, max_new_tokens=d.neutral_max_tokens)
+    return lambda items: data.neutral_responses(self.store, source, name, items, self.ctx.tok,
+                                                d.neutral_max_tokens, make_ids, self.judge.ask)
+
   def training_data(self, method):
-    """ConceptData of every concept, with neutral responses when the objective needs them."""
+    """ConceptData of every concept, with neutral responses when the objective needs them:
+    the authors' released triples (`released`; the judge writes those the file lacks), or
+    made here by the model or the judge."""
     source = method.neutral if methods.needs_neutral(method) else None
-    if source not in self._train_data:
-      d, tok = self.config.data, self.ctx.tok
-      neutral = None
-      if source is not None:
-        name = self.model_key if source == "model" else self.judge.name
-        make_ids = lambda prompts: self.generate(prompts, max_new_tokens=d.neutral_max_tokens)
-        neutral = lambda items: data.neutral_responses(
-            self.store, source, name, items, tok, d.neutral_max_tokens, make_ids, self.judge.ask)
-        self.ctx.log(f"neutral responses ({source}): {len(self.bench.concepts)} concept(s)")
-      self._train_data[source] = data.training_data(self.bench, tok, d.max_response_tokens,
-                                                    neutral)
-    return self._train_data[source]
+    if source in self._train_data:
+      return self._train_data[source]
+    d, tok, concepts = self.config.data, self.ctx.tok, self.bench.concepts
+    self.ctx.log(f"training data, neutral y from {source}: {len(concepts)} concept(s)"
+                 if source else f"training data: {len(concepts)} concept(s)")
+    if source == "released":
+      table = released.frame(self.contrast, d.task, cache_root(self.config), d.released_repo)
+      found = released.by_concept(table, concepts, self.ctx.log, "contrast data")
+      rest = [c for c in concepts if c.concept_id not in found]
+      made = {}
+      if rest:
+        sub = dataclasses.replace(self.bench, concepts=rest)
+        made = {x.name: x for x in data.training_data(sub, tok, d.max_response_tokens,
+                                                      self._neutral("judge"))}
+      out = [data.contrast_training_data(c, found[c.concept_id], tok, d.n_train,
+                                         d.max_response_tokens, d.neutral_max_tokens)
+             if c.concept_id in found else made[data.concept_name(c)] for c in concepts]
+    else:
+      out = data.training_data(self.bench, tok, d.max_response_tokens,
+                               self._neutral(source) if source else None)
+    self._train_data[source] = out
+    return out
 
   def train(self, method):
     return common.train_svs(self.ctx, method, self.training_data(method),
@@ -114,10 +141,18 @@ class Run:
                             tag=f"{method.name} ")
 
   def steering_prompts(self, concepts) -> Dict[int, str]:
-    """One steering prompt per concept, written by the judge model and stored."""
+    """One steering prompt per concept: the authors' released one (`eval.steering_prompts
+    = released`), else written by the judge model and stored."""
+    found = {}
+    if self.config.eval.steering_prompts == "released":
+      table = released.frame("steering_prompts", self.config.data.task, cache_root(self.config),
+                             self.config.data.released_repo)
+      rows = released.by_concept(table, concepts, self.ctx.log, "steering prompts")
+      found = {cid: str(r["steering_prompt"].iloc[0]) for cid, r in rows.items()}
+      concepts = [c for c in concepts if c.concept_id not in found]
     keys = {c.concept_id: self.store.key("steering_prompt", self.judge.name, c.name)
             for c in concepts}
-    found = {cid: self.store.get(k) for cid, k in keys.items()}
+    found.update({cid: self.store.get(k) for cid, k in keys.items()})
     todo = [c for c in concepts if found[c.concept_id] is None]
     if todo:
       texts = self.judge.ask([STEERING_PROMPT_REQUEST.format(concept=c.name) for c in todo])
@@ -156,9 +191,10 @@ def generations(run: Run, method, concepts, svs, rng) -> Dict[int, List[dict]]:
     names = {c.concept_id: data.concept_name(c) for c in concepts}
     sv, index = common.stacked_sv(list(names.values()), svs, method.grid, capacity)
     rows = [index[(names[r["concept_id"]], r["factor"])] for r in records]
+  options = dict(dict(top_p=cfg.eval.top_p), **run.sampling)
   outs = run.generate(prompts, max_new_tokens=cfg.eval.max_new_tokens, rng=rng,
-                      concept_ids=rows, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-                      sv=sv, spec=method.spec if method.trained else None)
+                      concept_ids=rows, temperature=cfg.eval.temperature,
+                      sv=sv, spec=method.spec if method.trained else None, **options)
   by_concept = {c.concept_id: [] for c in concepts}
   for r, out in zip(records, outs):
     r.update(continuation=tok.decode(out), new_tokens=len(out))
@@ -229,7 +265,8 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
       method_rows = scoring.score_method(method.name, records[method.name],
                                          grid=method.grid is not None)
       rows += method_rows
-      summary.append(scoring.summarize(method.name, method_rows, records[method.name]))
+      summary.append(scoring.summarize(method.name, method_rows, records[method.name],
+                                       grid=method.grid is not None))
       if method.grid is not None:
         grids[method.name] = method.grid
     extra = {"judge": judge.stats.as_dict(),

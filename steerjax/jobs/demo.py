@@ -22,7 +22,7 @@ from steerjax.data import sources, tinystories
 from steerjax.eval import report, scoring
 from steerjax.eval.offline_judge import OfflineJudge
 from steerjax.generate import generate_many
-from steerjax.jobs import common
+from steerjax.jobs import common, sampling
 
 GENERATION_BATCH = 64
 
@@ -78,10 +78,11 @@ def generations(ctx, method, bench, svs, rng,
   if method.trained:
     sv, index = common.stacked_sv(names, svs, method.grid)
     rows = [index[(r["concept"], r["factor"])] for r in records]
+  options = dict(dict(top_p=config.eval.top_p), **sampling.for_config(config))
   outs = generate_many(ctx.model, ctx.params, prompts, max_new_tokens=config.eval.max_new_tokens,
                        batch_size=GENERATION_BATCH, rng=rng, concept_ids=rows,
-                       temperature=config.eval.temperature, top_p=config.eval.top_p, sv=sv,
-                       spec=method.spec if method.trained else None)
+                       temperature=config.eval.temperature, sv=sv,
+                       spec=method.spec if method.trained else None, **options)
   for r, out in zip(records, outs):
     r["continuation"] = tok.decode(out)
   return records
@@ -126,7 +127,7 @@ def run(config, workdir: str, log=print, bundle=None) -> list:
         f.write(json.dumps(g) + "\n")
     method_rows = scoring.score_method(method.name, gens, grid=method.grid is not None)
     rows += method_rows
-    summary.append(scoring.summarize(method.name, method_rows, gens))
+    summary.append(scoring.summarize(method.name, method_rows, gens, method.grid is not None))
     records[method.name] = gens
     if method.grid is not None:
       grids[method.name] = method.grid

@@ -1,0 +1,201 @@
+"""The `search` job (paper Tables 9-10, App. G): the hyperparameter grid of one jointly
+trained method on development concepts, scored by the overall AxBench score.
+
+  python -m steerjax.main --config=configs/axbench_gemma2_2b.py --workdir=runs/search_g2b \
+      --config.job=search --config.search.method=prosv_lang
+
+Grid points that share a compiled step (same batch size and epochs) train together, stacked
+as rows of one SV batch with their own init sizes and rates; each point is then generated,
+judged and scored like an AxBench method on the development concepts (`search.concepts`:
+`hp_tuning`, the paper's 3, from the authors' released data; or `config`, the configured
+AxBench range). Writes `search.md`, `search.json` and `best_config.py`, a config whose
+method takes the best point's values, which the axbench job runs as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import time
+from typing import List
+
+import ml_collections
+
+from steerjax import checkpoint, methods
+from steerjax.data import axbench as data
+from steerjax.data import released, sources
+from steerjax.eval import scoring
+from steerjax.jobs import axbench, common
+from steerjax.jobs.judges import cache_root, make_judge
+from steerjax.train import train_concepts
+
+# config.search field -> the method key it sweeps
+AXES = {"beta": "beta", "lr_factor": "lr_factor", "lam": "lam", "lr_direction": "lr_direction",
+        "epochs": "epochs", "batch_size": "batch_size"}
+COLUMNS = ("point", "overall", "ci_low", "ci_high", "concept", "instruction", "fluency") + tuple(
+    AXES)
+
+
+def _base(config):
+  m = methods.from_config(config, config.search.method)
+  if not m.trained or m.grid is not None:
+    raise ValueError(f"search.method={config.search.method!r}: the search tunes a jointly "
+                     "trained method (one without a factor grid)")
+  return m
+
+
+def grid(config) -> List[dict]:
+  """Every grid point: {method key: value}; an empty axis keeps the method's own value."""
+  base = dict(config.method_overrides[config.search.method])
+  own = {"beta": base.get("beta", config.sv.beta), "lr_factor": base.get("lr_factor",
+                                                                           config.optim.lr_factor),
+         "lam": base.get("lam", config.sv.lam),
+         "lr_direction": base.get("lr_direction", config.optim.lr_direction),
+         "epochs": base.get("epochs", config.train.epochs),
+         "batch_size": base.get("batch_size", config.train.batch_size)}
+  axes = [tuple(config.search[k]) or (own[k],) for k in AXES]
+  return [dict(zip(AXES, values)) for values in itertools.product(*axes)]
+
+
+def _point_name(k: int) -> str:
+  return f"{k:03d}"
+
+
+def _concept_count(config) -> int:
+  return 3 if config.search.concepts == "hp_tuning" else (config.data.num_concepts or 500)
+
+
+def plan(config) -> list:
+  _base(config)
+  d, n = config.data, _concept_count(config)
+  rows = []
+  for k, point in enumerate(grid(config)):
+    m = methods.from_config(_with_point(config, point), config.search.method)
+    rows.append(common.method_cost(dataclasses.replace(m, name=_point_name(k)), n, d.n_train,
+                                   20 + d.max_response_tokens, data.N_EVAL,
+                                   config.eval.max_new_tokens))
+  return rows
+
+
+def _with_point(config, point: dict):
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.method_overrides[config.search.method].update(point)
+  return config
+
+
+def _benchmark(config):
+  d, s = config.data, config.search
+  if s.concepts == "hp_tuning":
+    return released.hp_tuning_benchmark(d.n_train, cache_root(config), d.released_repo,
+                                        config.data_root or None)
+  if s.concepts == "config":
+    return sources.axbench_benchmark(config)
+  raise ValueError(f"search.concepts={s.concepts!r}; use 'hp_tuning' or 'config'")
+
+
+def _train_shape(run, points, workdir: str):
+  """Train every (point, concept) row of one batch size and epoch count, stacked
+  `train.concepts_per_step` rows to a step, each row with its point's init and rates;
+  returns {point index: {concept name: SV}}. Finished rows are read back."""
+  ctx = run.ctx
+  ms = {k: methods.from_config(_with_point(run.config, p), run.config.search.method)
+        for k, p in points}
+  concepts = run.training_data(next(iter(ms.values())))
+  ids = [c.concept_id for c in run.bench.concepts]
+  path = lambda k, c: os.path.join(workdir, "svs", f"{_point_name(k)}_{c.name}.safetensors")
+  rows = [(k, c, c_id) for k, _ in points for c, c_id in zip(concepts, ids)
+          if not os.path.exists(path(k, c))]
+  per_step = max(1, run.config.train.concepts_per_step)
+  for start in range(0, len(rows), per_step):
+    chunk = rows[start:start + per_step]
+    first = ms[chunk[0][0]]
+    stacked = train_concepts(
+        ctx.model, ctx.params, first.spec, [c for _, c, _ in chunk], [i for *_, i in chunk],
+        first.step, first.run, os.path.join(workdir, "train", f"{start:05d}"), log=ctx.log,
+        metrics_path=os.path.join(workdir, "metrics.jsonl"),
+        tag=f"search rows {start}..{start + len(chunk) - 1} ", mesh=ctx.mesh, rules=ctx.rules,
+        row_runs=[ms[k].run for k, _, _ in chunk])
+    for i, (k, c, _) in enumerate(chunk):
+      sv = {"factor": stacked["factor"][i], "direction": stacked["direction"][i]}
+      checkpoint.save_sv(path(k, c), sv, common.sv_meta(ctx, ms[k], c.name, sv["factor"]))
+  return {k: {c.name: checkpoint.load_sv(path(k, c), ctx.model.cfg)[0] for c in concepts}
+          for k, _ in points}
+
+
+def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
+  """Train, judge and score every grid point; returns {"best", "points"}."""
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  base = _base(config)
+  points = grid(config)
+  ctx = common.setup(config, log, bundle)
+  own_judge = judge is None
+  judge = judge or make_judge(config, ctx)
+  state = None
+  try:
+    state = axbench.Run(ctx, workdir, judge, bench=_benchmark(config),
+                        contrast="hp_contrast" if config.search.concepts == "hp_tuning"
+                        else "contrast")
+    log(f"search: {len(points)} point(s) of {base.name} on {len(state.bench.concepts)} "
+        f"concept(s) ({config.search.concepts})")
+    shapes = {}
+    for k, p in enumerate(points):
+      shapes.setdefault((p["batch_size"], p["epochs"]), []).append((k, p))
+    svs = {}
+    for (batch, epochs), members in shapes.items():
+      svs.update(_train_shape(state, members, os.path.join(workdir, "shapes",
+                                                           f"b{batch}_e{epochs}")))
+    table = []
+    for k, p in enumerate(points):
+      m = dataclasses.replace(methods.from_config(_with_point(config, p), base.name),
+                              name=f"point_{_point_name(k)}")
+      records = axbench.evaluate(state, m, svs[k])
+      rows = scoring.score_method(m.name, records, grid=False)
+      s = scoring.summarize(m.name, rows, records, grid=False)
+      table.append(dict(p, point=_point_name(k), overall=s["overall"], ci_low=s["ci_low"],
+                        ci_high=s["ci_high"], concept=s["concept"],
+                        instruction=s["instruction"], fluency=s["fluency"]))
+  finally:
+    if state is not None:
+      state.store.close()
+    if own_judge:
+      judge.close()
+  best = max(table, key=lambda r: r["overall"])   # ties: the first point in grid order
+  write(workdir, config, table, best, time.time() - t0)
+  log(f"best of {len(table)}: point {best['point']} overall {best['overall']:.3f} "
+      f"({', '.join(f'{k}={best[k]}' for k in AXES)}); wrote {workdir}/best_config.py")
+  return {"best": best, "points": table}
+
+
+def write(workdir: str, config, table: List[dict], best: dict, seconds: float):
+  """search.md / search.json, and best_config.py: the run's config with the searched method
+  at the best point, ready for the axbench job."""
+  ranked = sorted(table, key=lambda r: -r["overall"])
+  with open(os.path.join(workdir, "search.md"), "w", encoding="utf-8") as f:
+    f.write(f"# search: {config.search.method} on {config.model.path}, layer "
+            f"{config.steer.layer} ({config.search.concepts} concepts, {seconds:.0f} s)\n\n"
+            + scoring.results_table([{k: (round(v, 3) if isinstance(v, float) else v)
+                                      for k, v in r.items()} for r in ranked], COLUMNS) + "\n")
+  with open(os.path.join(workdir, "search.json"), "w", encoding="utf-8") as f:
+    json.dump({"best": best, "points": table}, f, indent=1)
+  final = _with_point(config, {k: best[k] for k in AXES})
+  final.job, final.methods = "axbench", (config.search.method,)
+  payload = json.dumps(final.to_dict(), indent=1, default=_plain)
+  with open(os.path.join(workdir, "best_config.py"), "w", encoding="utf-8") as f:
+    f.write(f'"""{config.search.method} at the best point of the search in this folder '
+            f'(overall {best["overall"]:.3f}):\n  ' + ", ".join(f"{k}={best[k]}" for k in AXES)
+            + "\n\n  python -m steerjax.main --config=best_config.py --workdir=...\n"
+            '"""\n\nimport json\n\nimport ml_collections\n\nCONFIG = json.loads(r"""\n'
+            + payload + '\n""")\n\n\ndef get_config(arg=None):\n'
+            "  return ml_collections.ConfigDict(_tuples(CONFIG))\n\n\n"
+            "def _tuples(x):\n"
+            "  if isinstance(x, dict):\n"
+            "    return {k: _tuples(v) for k, v in x.items()}\n"
+            "  return tuple(_tuples(v) for v in x) if isinstance(x, list) else x\n")
+
+
+def _plain(x):
+  return x.tolist() if hasattr(x, "tolist") else str(x)
+
