@@ -34,5 +34,6 @@ setup(
         "parity": ["torch==2.13.0"],
         "judge": ["openai>=1.40"],
         "tensorboard": ["tensorboardX>=2.6"],
+        "lmeval": ["lm-eval==0.4.13"],   # its core needs no torch
     },
 )

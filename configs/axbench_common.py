@@ -63,6 +63,7 @@ def make_config(model_path: str, task: str, layer: int, methods: dict, num_conce
   c.job = "axbench"
   c.model.path = model_path
   c.model.dtype = "bfloat16"
+  c.model.vocab_chunk = 32768       # Gemma-2's 256k-row head: no [B, 128, V] fp32 logits kept
   c.steer.layer = layer
   c.sv.init = "uniform"             # Table 11 was tuned with the authors' uniform init
   c.train.concepts_per_step = 16
@@ -115,6 +116,29 @@ def make_config(model_path: str, task: str, layer: int, methods: dict, num_conce
   c.method_overrides = ml_collections.ConfigDict(
       {k: ml_collections.ConfigDict(v) for k, v in methods.items()})
   c.results_dir = ""                # '' = <workdir>/results
+  # job=utility and job=attack (paper Section 6.4): rows `method[@factor scale]` over the
+  # first num_concepts concepts, with the SVs an axbench run (svs_from) trained.
+  rows = ("unsteered", "prompting", "fssv_lang", "fssv_lang@0.8", "fssv_lang@0.5", "prosv_lang",
+          "fssv_simpo", "fssv_simpo@0.8", "fssv_simpo@0.5", "prosv_simpo")
+  c.utility = ml_collections.ConfigDict(dict(
+      svs_from="",                  # the axbench run's workdir
+      rows=rows,
+      num_concepts=50,
+      tinymmlu="",                  # '' = hub tinyBenchmarks/tinyMMLU, or a local .jsonl/.parquet
+      tinygsm8k="",                 # '' = hub tinyBenchmarks/tinyGSM8k, or a local file
+      mmlu_tokens=128,
+      gsm8k_tokens=512,
+      mmlu_judge=True,              # grade MMLU answers with the judge (the paper's way)
+      long_context_score=True,      # judge the GSM8K answers' steering too (Table 17)
+      limit=0,                      # items per benchmark (0 = all 100)
+  ))
+  c.attack = ml_collections.ConfigDict(dict(
+      svs_from="",
+      utility_from="",              # a utility job's workdir: also write tradeoff.{md,png}
+      rows=rows,
+      num_concepts=15,              # the authors' attack runs: concepts 0..14
+      prompts="released",           # released (the authors' file) | judge (written by it)
+  ))
   # job=search: the paper's Table 10 grid for one jointly trained method (an empty axis
   # keeps the method's own value; Table 10's batch is 12 for Lang, 6 for SimPO on Gemma).
   c.search = ml_collections.ConfigDict(dict(

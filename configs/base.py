@@ -20,6 +20,8 @@ def get_config(arg=None):
       tokenizer="",                 # '' = next to the model
       dtype="float32",              # float32 | bfloat16 (SVs always stay float32)
       remat=False,                  # recompute block activations in the backward pass
+      vocab_chunk=0,                # > 0: the loss's softmax over this many vocabulary rows at
+                                    #   a time, recomputed in the backward pass (big vocabularies)
   ))
   c.steer = ml_collections.ConfigDict(dict(
       layer=2,                      # 0-based block whose output is edited
@@ -54,7 +56,10 @@ def get_config(arg=None):
       grad_accum_steps=1,           # micro-batches per update; batch_size is the whole batch
       schedule_steps="updates",     # updates | micro_batches (the authors' schedule length
                                     #   under accumulation: their rate ends near 1 - 1/accum)
-      concepts_per_step=8,          # concepts stacked in one jitted step
+      concepts_per_step=8,          # concepts stacked in one jitted step; 0 = as many as fit
+                                    #   in memory_fraction of the device (steerjax/memory.py)
+      memory_fraction=0.9,
+      max_concepts_per_step=64,
       prefix_cache="auto",          # reuse frozen block outputs across epochs: auto | on | off
       log_every=24,                 # steps between progress lines
       checkpoint_every=100,         # steps between Orbax checkpoints

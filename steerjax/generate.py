@@ -181,6 +181,8 @@ def generate(model: Decoder, params, prompts: Sequence[Sequence[int]], *, max_ne
     seen = np.zeros((len(prompts), logits.shape[-1]), bool)
     for i, p in enumerate(prompts):
       seen[i, np.asarray(p, np.int64)] = True
+  if spec is not None and not spec.acts_on_generation:
+    sv, spec, concept_ids = None, None, None   # a prompt-only SV: the unsteered decode loop
   out, all_logits, n = decode(model, spec, max_new_tokens, float(temperature), float(top_p),
                               stop_ids, return_logits, params, sv, concept_ids, logits,
                               cache, rng, top_k=int(top_k), penalty=float(repetition_penalty),

@@ -154,9 +154,12 @@ def loss_fn(sv, model, spec: SteerSpec, step: StepConfig, groups: int, params, d
             idx, group, key):
   """Objective of one stacked batch: `idx` [B] example indices, `group` [B] concept index."""
   batch = {name: _take(seq, idx) for name, seq in data.items()}
+  svs = {name: _example_svs(sv, step, group, key, name) for name in data}
+  if not losses.objective(step.objective).independent_factors:
+    svs = dict.fromkeys(data, svs["pos"])
 
   def logprob(name, op=None):
-    seq, sv_B = batch[name], _example_svs(sv, step, group, key, name)
+    seq, sv_B = batch[name], svs[name]
     return losses.masked_sum(_forward(model, spec, op or spec.op, params, sv_B, seq,
                                       seq.get("h")), seq["target_mask"])
   return losses.objective(step.objective).loss(logprob, batch, group, groups)
@@ -291,6 +294,8 @@ def fresh_state(step: StepConfig, run: RunConfig, width: int, concept_indices: S
 
 def _scaled(update, lr):
   """`update` times its rate: one scalar, or one per stacked row."""
+  if jnp.ndim(lr) == 0:
+    return update * lr
   return update * jnp.reshape(lr, jnp.shape(lr) + (1,) * (update.ndim - jnp.ndim(lr)))
 
 

@@ -220,9 +220,15 @@ def test_paper_configs_and_their_cost():
   assert plan["prosv_simpo"]["steps_per_sv"] == 12 * 12 and plan["prosv_lang"]["svs"] == 500
   assert plan["fssv_lang_sampled"]["generations"] == 500 * 10 * 14
   assert plan["fssv_lang"]["judge_calls"] == 500 * 10 * 3
-  assert plan["prompting"]["judge_calls"] == 500 * 10 * 3 + 500
+  assert plan["prompting"]["judge_calls"] == 500 * 10 * 3      # released steering prompts
   assert plan["neutral y (judge)"]["judge_calls"] == 500 * 72
+  judge_written = axbench_gemma2_2b.get_config()
+  judge_written.eval.steering_prompts = "judge"
+  assert {r["method"]: r for r in axbench_job.plan(judge_written)}["prompting"][
+      "judge_calls"] == 500 * 10 * 3 + 500
+  assert plan["fssv_lang_fixed"]["steps_per_sv"] == 3 * (72 // 6)   # AxBench's SSV values
   g9b = {r["method"]: r for r in axbench_job.plan(axbench_gemma2_9b.get_config())}
+  assert g9b["neutral y (released)"]["judge_calls"] == 0
   assert g9b["prosv_simpo"]["steps_per_sv"] == 24 * 12 and g9b["fssv_lang"]["steps_per_sv"] == 108
   qwen = axbench_qwen25_32b.get_config()
   assert (qwen.data.task, qwen.data.num_concepts, qwen.steer.layer) == ("9b_l20", 100, 32)

@@ -34,3 +34,11 @@ def test_quick_demo_writes_results(tmp_path):
   assert os.path.exists(tmp_path / "methods" / "prosv_lang" / "svs" / "tree.safetensors")
   table = "\n".join(lines)
   assert "| prosv_lang |" in table and "| unsteered |" in table
+  # The utility column: held-out NLL with the SVs on, beside the unsteered model's.
+  summary = {s["method"]: s for s in json.load(open(tmp_path / "summary.json"))["methods"]}
+  base = summary["unsteered"]["heldout_nll"]
+  assert 0 < base < 10 and summary["prosv_lang"]["heldout_nll"] != base
+  assert summary["fssv_lang_sampled"]["heldout_nll"] > 0
+  assert "| fluency | generations | judge_calls | heldout_nll |" in open(
+      tmp_path / "results.md").read()
+  assert (tmp_path / "utility.png").stat().st_size > 1000

@@ -229,3 +229,28 @@ def test_an_alias_offline_says_to_set_the_data_root(monkeypatch):
                                       r"STEERJAX_DATA to a folder that holds "
                                       r"stories260K/stories260K.bin"):
     load("stories260K")
+
+
+def test_concepts_per_step_chosen_by_memory_trains_the_same_svs(bundle, tmp_path, monkeypatch):
+  from steerjax import memory, methods as method_lib
+  from steerjax.data import sources
+  import numpy as np
+  model, params, tok = bundle
+  config = _config(concepts_per_step=1)
+  config.data.concepts = ("dog", "cat", "sun", "tree")
+  concepts, _ = sources.training_concepts(config, tok)
+  m = method_lib.base_method(config)
+  two = memory.step_bytes(model, params, m.spec, m.step, m.run, concepts[:2])
+  four = memory.step_bytes(model, params, m.spec, m.step, m.run, concepts)
+  assert four > two
+  monkeypatch.setattr(memory, "device_bytes", lambda device=None: (two + four) // 2)
+  config.train.memory_fraction = 1.0
+  one_by_one = train_job.run(config, str(tmp_path / "c1"), log=quiet, bundle=bundle)
+  config.train.concepts_per_step = 0
+  lines = []
+  auto = train_job.run(config, str(tmp_path / "auto"), log=lines.append, bundle=bundle)
+  assert any("2 concept(s) per step (memory)" in line for line in lines), lines
+  for name in config.data.concepts:
+    for leaf in ("factor", "direction"):
+      np.testing.assert_allclose(auto[name][leaf], one_by_one[name][leaf], rtol=1e-5,
+                                 atol=1e-6)

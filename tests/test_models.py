@@ -15,7 +15,7 @@ import transformers
 import hf_tiny
 from conftest import STORIES
 from steerjax.generate import generate
-from steerjax.models import Decoder, LoadError, load
+from steerjax.models import Decoder, LoadError, ModelConfig, load
 from steerjax.models.presets import PRESETS, PUBLISHED_PARAMS
 
 STORIES_DIR = os.path.dirname(STORIES)
@@ -257,3 +257,26 @@ def test_preset_param_count_matches_published(name):
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
   count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
   assert count == PUBLISHED_PARAMS[name]
+
+
+@pytest.mark.parametrize("chunk", [7, 16, 64])
+def test_vocab_chunked_logprobs_equal_the_full_softmax_and_gradients(chunk):
+  """The response-window log-probs through a vocabulary-chunked normaliser equal the
+  unchunked ones, and so do their gradients, with Gemma-2's final softcap."""
+  cfg = ModelConfig(family="gemma2", vocab_size=50, dim=16, n_layers=2, n_heads=2, n_kv_heads=1,
+                    head_dim=8, hidden_dim=32, max_seq_len=32, final_softcap=30.0,
+                    embed_scale=True, norm_plus_one=True, activation="gelu_tanh")
+  full = Decoder(cfg)
+  tokens = jax.random.randint(jax.random.key(0), (3, 12), 0, cfg.vocab_size)
+  params = full.init(jax.random.key(1), tokens)["params"]
+  at = jnp.tile(jnp.arange(4, 11)[None], (3, 1))
+  targets = jnp.take_along_axis(tokens, at + 1, axis=1)
+
+  def total(model, p):
+    return jnp.sum(model.apply({"params": p}, tokens, logits_at=at, targets=targets))
+  want, want_grad = jax.value_and_grad(lambda p: total(full, p))(params)
+  chunked = full.clone(vocab_chunk=chunk)
+  got, got_grad = jax.value_and_grad(lambda p: total(chunked, p))(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

@@ -260,3 +260,26 @@ def test_grid_points_stacked_as_rows_equal_separate_runs(tiny, tmp_path):
     for leaf in ("factor", "direction"):
       np.testing.assert_allclose(stacked[leaf][k], alone[leaf][0], rtol=1e-5, atol=1e-6)
   assert len({float(f) for f in stacked["factor"]}) == 3
+
+
+def test_concepts_per_step_from_memory_gives_the_separate_runs_svs(tiny, tmp_path):
+  """The compiled step's memory grows with the stacked concepts; a budget between two sizes
+  picks the smaller, and the SVs trained at that size equal one-at-a-time training."""
+  from steerjax import memory
+  model, params = tiny
+  spec, concepts = SteerSpec(1, "f2+l2"), _concepts(3)
+  step, run = train_configs(**OPTS)
+  need = {c: memory.step_bytes(model, params, spec, step, run, concepts[:c]) for c in (1, 2)}
+  assert need[2] > need[1] > 0
+  budget = (need[1] + need[2]) // 2
+  assert memory.pick_concepts_per_step(model, params, spec, step, run, concepts, budget,
+                                       log=quiet) == 1
+  assert memory.pick_concepts_per_step(model, params, spec, step, run, concepts,
+                                       need[2] + 1, log=quiet) == 2
+  together = train_concepts(model, params, spec, concepts[:2], [0, 1], step, run,
+                            str(tmp_path / "two"), log=quiet)
+  for k in range(2):
+    alone = train_concepts(model, params, spec, [concepts[k]], [k], step, run,
+                           str(tmp_path / str(k)), log=quiet)
+    for leaf in ("factor", "direction"):
+      np.testing.assert_allclose(together[leaf][k], alone[leaf][0], rtol=1e-5, atol=1e-6)

@@ -22,18 +22,15 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from configs import demo as demo_config
-from steerjax import losses, methods
+from steerjax import methods
 from steerjax.data import sources, tinystories
-from steerjax.data.batching import pack
 from steerjax.eval import scoring
 from steerjax.eval.offline_judge import OfflineJudge
 from steerjax.jobs import common, demo
-from steerjax.steering import positions_mask, steer
 
 POSITIONS = ("all", "prompt", "f2", "l2", "f1+l1", "f4", "l4", "f2+l2", "f8", "l8", "f4+l4")
 BETAS = (1.0, 2.0, 4.0, 8.0)
@@ -206,37 +203,8 @@ def _plot_heatmaps(cells, path):
   plt.close(fig)
 
 
-def heldout_nll(study: Study, svs, spec, n_stories: int = 64, tokens: int = 64) -> float:
-  """Mean per-token NLL of held-out story continuations with each concept's SV on (all
-  concepts averaged); `svs=None` gives the unsteered model."""
-  model, params, tok = study.bundle
-  used = {i for e in study.bench.values() for i in e["train_stories"] + e["eval_stories"]}
-  stories = tinystories.load_stories(study.config.data_root or None)
-  held = [s for i, s in enumerate(stories) if i not in used and s.isascii()][:n_stories]
-  prompts, conts = [], []
-  for s in held:
-    opening = tinystories.story_opening(s, tok)
-    if opening is None:
-      continue
-    rest = s[len(opening["x_text"]):]
-    prompts.append(opening["x_ids"])
-    conts.append(tok.encode(rest)[:tokens])
-  seq = {k: jnp.asarray(v) for k, v in pack(prompts, conts, model.cfg.pad_id).items()}
-  mask = positions_mask(spec.positions, seq["prompt"], seq["valid"]) if spec else None
-
-  @jax.jit
-  def nll(sv):
-    if sv is None:
-      logits = model.apply({"params": params}, seq["tokens"], valid_BT=seq["valid"])
-    else:
-      logits = steer(model.apply, spec)({"params": params}, sv, seq["tokens"], mask,
-                                        valid_BT=seq["valid"])
-    lp, n = losses.response_logprobs(logits, seq["tokens"], seq["response"])
-    return -jnp.sum(lp) / jnp.sum(n)
-
-  if svs is None:
-    return float(nll(None))
-  return float(np.mean([nll({k: jnp.asarray(v) for k, v in sv.items()}) for sv in svs.values()]))
+def heldout_nll(study: Study, svs, spec) -> float:
+  return demo.heldout_nll(study.ctx, study.bench, svs, spec)
 
 
 def study_utility(study: Study, seeds):

@@ -79,31 +79,23 @@ def _plots(folder: str, summary: List[dict], rows: List[dict], records: Dict[str
 
 def write(folder: str, title: str, summary: List[dict], rows: List[dict],
           records: Dict[str, List[dict]], grids: Optional[Dict[str, tuple]] = None,
-          extra: Optional[dict] = None, notes: str = "") -> str:
+          extra: Optional[dict] = None, columns=SUMMARY_COLUMNS, extra_notes: str = "") -> str:
   """Write the report of one run into `folder`; returns the markdown of results.md.
 
-  `summary`: one `scoring.summarize` dict per method; `rows`: the per-concept rows of
-  `scoring.score_method`; `records`: each method's judged generations; `grids`: the factor
-  grid of each grid method; `extra`: run facts (judge stats, timings) kept in summary.json."""
+  `summary`: one `scoring.summarize` dict per method (`columns` of them shown); `rows`: the
+  per-concept rows of `scoring.score_method`; `records`: each method's judged generations;
+  `grids`: the factor grid of each grid method; `extra`: run facts (judge stats, timings)
+  kept in summary.json; `extra_notes`: a sentence more under the table."""
   os.makedirs(folder, exist_ok=True)
   extra = dict(extra or {})
-  shown = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()}
-           for s in summary]
-  table = scoring.results_table(shown, SUMMARY_COLUMNS)
-  per_concept = scoring.results_table(
-      [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
-      PER_CONCEPT_COLUMNS)
-  notes = notes or ("overall = mean over concepts of the per-concept score (harmonic mean of "
-                    "the three ratings, 0..2); ci = bootstrap 95% over concepts; grid methods: "
-                    "factor picked on instruction ids 0..4, scored on 5..9; other methods: all "
-                    "ids.")
-  markdown = f"# {title}\n\n{table}\n\n{notes}\n"
+  markdown = (f"# {title}\n\n{summary_table(summary, columns)}\n\n{NOTES}"
+              + (f" {extra_notes}" if extra_notes else "") + "\n")
   if "judge" in extra:
     markdown += f"\njudge: {json.dumps(extra['judge'])}\n"
-  markdown += f"\nPer concept:\n\n{per_concept}\n"
+  markdown += f"\nPer concept:\n\n{_rounded_table(rows, PER_CONCEPT_COLUMNS)}\n"
   with open(os.path.join(folder, "results.md"), "w", encoding="utf-8") as f:
     f.write(markdown)
-  _csv(os.path.join(folder, "summary.csv"), summary, SUMMARY_COLUMNS)
+  _csv(os.path.join(folder, "summary.csv"), summary, columns)
   _csv(os.path.join(folder, "per_concept.csv"), rows, PER_CONCEPT_COLUMNS)
   with open(os.path.join(folder, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(dict(extra, title=title, methods=summary), f, indent=1)
@@ -113,8 +105,19 @@ def write(folder: str, title: str, summary: List[dict], rows: List[dict],
   return markdown
 
 
-def summary_table(summary: List[dict]) -> str:
+NOTES = ("overall = mean over concepts of the per-concept score (harmonic mean of the three "
+         "ratings, 0..2); ci = bootstrap 95% over concepts; grid methods: factor picked on "
+         "instruction ids 0..4, scored on 5..9; other methods: all ids; oracle = factor picked "
+         "on all ids and scored on them; split = mean and std over 10 random 5/5 halvings "
+         "(pick on one half, score the other).")
+
+
+def _rounded_table(rows: List[dict], columns) -> str:
+  return scoring.results_table(
+      [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+      columns)
+
+
+def summary_table(summary: List[dict], columns=SUMMARY_COLUMNS) -> str:
   """The markdown table of the summary rows, as results.md shows it."""
-  shown = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()}
-           for s in summary]
-  return scoring.results_table(shown, SUMMARY_COLUMNS)
+  return _rounded_table(summary, columns)

@@ -34,6 +34,8 @@ JOBS = {
     "demo": Job("demo", "every method on TinyStories concepts, offline judge, results table"),
     "axbench": Job("axbench", "the paper's Table 2 protocol on AxBench with an LLM judge"),
     "search": Job("search", "the paper's hyperparameter grid on development concepts"),
+    "utility": Job("utility", "tinyMMLU / tinyGSM8K accuracy of steered models"),
+    "attack": Job("attack", "steering under concept-suppressing prompts; the trade-off front"),
 }
 
 

@@ -17,6 +17,7 @@ report all 10. Outputs, under `workdir`:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -83,10 +84,14 @@ def _read_jsonl(path: str) -> List[dict]:
 class Run:
   """What the methods of one run share: context, benchmark, judge, text store."""
 
-  def __init__(self, ctx, workdir: str, judge, bench=None, contrast: str = "contrast"):
+  def __init__(self, ctx, workdir: str, judge, bench=None, contrast: str = "contrast",
+               inputs=None):
     self.ctx, self.config, self.workdir, self.judge = ctx, ctx.config, workdir, judge
     self.bench = bench or sources.axbench_benchmark(self.config)
     self.contrast = contrast   # the released file of SimPO triples for these concepts
+    # {concept_id: [model input per instruction]}: what the model is asked instead of the
+    # instruction the judge rates against (the suppression attack)
+    self.inputs = inputs or {}
     self.store = TextStore(os.path.join(cache_root(self.config), "axbench_texts.jsonl"))
     self.model_key = f"{self.config.model.path}|{ctx.model.cfg.fingerprint()}"
     self.stops = common.stop_ids(ctx.model, ctx.tok)
@@ -178,9 +183,11 @@ def generations(run: Run, method, concepts, svs, rng) -> Dict[int, List[dict]]:
         r = {"method": method.name, "concept_id": c.concept_id, "concept": c.name,
              "instruction_id": i, "instruction": x, "factor": g}
         text = x
+        if c.concept_id in run.inputs:
+          text = r["model_input"] = run.inputs[c.concept_id][i]
         if method.kind == "prompting":
           r["steering_prompt"] = steering[c.concept_id]
-          text = cfg.eval.prompt_template.format(prompt=r["steering_prompt"], instruction=x)
+          text = cfg.eval.prompt_template.format(prompt=r["steering_prompt"], instruction=text)
         if method.trained and g is None:
           r["learned_factor"] = float(np.asarray(svs[data.concept_name(c)]["factor"]))
         records.append(r)
@@ -244,16 +251,30 @@ def evaluate(run: Run, method, svs) -> List[dict]:
   return records
 
 
+@contextlib.contextmanager
+def session(config, workdir: str, log=print, bundle=None, judge=None, **run_options):
+  """A `Run` of the configured model, judge (unless one is given) and benchmark; its text
+  store, and the judge it made, are closed on the way out."""
+  ctx = common.setup(config, log, bundle)
+  own_judge, state = judge is None, None
+  judge = judge or make_judge(config, ctx)
+  try:
+    state = Run(ctx, workdir, judge, **run_options)
+    yield state
+  finally:
+    if state is not None:
+      state.store.close()
+    if own_judge:
+      judge.close()
+
+
 def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
   """Every method of `config.methods` on the configured concepts; returns summary.json's dict."""
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   all_methods = methods.of_config(config)
-  ctx = common.setup(config, log, bundle)
-  own_judge, state = judge is None, None
-  judge = judge or make_judge(config, ctx)
-  try:
-    state = Run(ctx, workdir, judge)
+  with session(config, workdir, log, bundle, judge) as state:
+    ctx, judge = state.ctx, state.judge
     log(f"axbench: {len(all_methods)} method(s) x {len(state.bench.concepts)} concept(s) on "
         f"{config.model.path} (width {ctx.model.cfg.dim}, layer {config.steer.layer}); "
         f"judge {judge!r}")
@@ -277,11 +298,6 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
              f"concepts {d.first_concept}..{d.first_concept + summary[0]['concepts'] - 1}")
     folder = config.results_dir or os.path.join(workdir, "results")
     markdown = report.write(folder, title, summary, rows, records, grids, extra)
-  finally:
-    if state is not None:
-      state.store.close()
-    if own_judge:
-      judge.close()
   log("\n" + markdown)
   log(f"wrote {folder} in {time.time() - t0:.0f} s")
   return dict(extra, methods=summary, results_dir=folder)

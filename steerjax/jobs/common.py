@@ -54,6 +54,8 @@ def load_model(config):
   model, params = load(config.model.path, DTYPES[config.model.dtype], data_root=root)
   if config.model.get("remat"):
     model = model.clone(remat=True)
+  if config.model.get("vocab_chunk"):
+    model = model.clone(vocab_chunk=int(config.model.vocab_chunk))
   tok = load_tokenizer(config.model.tokenizer or config.model.path, data_root=root)
   return model, params, tok
 
@@ -142,7 +144,15 @@ def train_svs(ctx: Context, method, concepts: Sequence[ConceptData], workdir: st
   config, log = ctx.config, ctx.log
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
-  per_step = max(1, config.train.concepts_per_step)
+  per_step = config.train.concepts_per_step
+  if per_step <= 0:   # as many as the device holds
+    from steerjax import memory
+    fraction = config.train.get("memory_fraction", 0.9)
+    per_step = memory.pick_concepts_per_step(
+        ctx.model, ctx.params, method.spec, method.step, method.run, concepts,
+        budget=int(fraction * memory.device_bytes()),
+        most=config.train.get("max_concepts_per_step", 64), log=log)
+    log(f"{tag}{per_step} concept(s) per step (memory)")
   writer = _tensorboard(config, workdir)
   ids = list(range(len(concepts))) if concept_ids is None else [int(i) for i in concept_ids]
   if len(ids) != len(concepts):

@@ -15,14 +15,17 @@ import time
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from steerjax import methods
+from steerjax import losses, methods
 from steerjax.data import sources, tinystories
 from steerjax.eval import report, scoring
 from steerjax.eval.offline_judge import OfflineJudge
+from steerjax.data.batching import pack
 from steerjax.generate import generate_many
 from steerjax.jobs import common, sampling
+from steerjax.steering import positions_mask, steer
 
 GENERATION_BATCH = 64
 
@@ -88,6 +91,64 @@ def generations(ctx, method, bench, svs, rng,
   return records
 
 
+def heldout_nll(ctx, bench, svs=None, spec=None, n_stories: int = 64, tokens: int = 64) -> float:
+  """Utility: mean per-token NLL of held-out story continuations (stories no concept
+  trains or evaluates on) with each concept's SV on, averaged over the SVs; `svs=None`
+  gives the unsteered model."""
+  model, params, tok = ctx.bundle
+  used = {i for e in bench.values() for i in e["train_stories"] + e["eval_stories"]}
+  stories = tinystories.load_stories(ctx.config.data_root or None)
+  held = [s for i, s in enumerate(stories) if i not in used and s.isascii()][:n_stories]
+  prompts, continuations = [], []
+  for story in held:
+    opening = tinystories.story_opening(story, tok)
+    if opening is not None:
+      prompts.append(opening["x_ids"])
+      continuations.append(tok.encode(story[len(opening["x_text"]):])[:tokens])
+  seq = {k: jnp.asarray(v) for k, v in pack(prompts, continuations, model.cfg.pad_id).items()}
+  mask = positions_mask(spec.positions, seq["prompt"], seq["valid"]) if spec else None
+
+  @jax.jit
+  def nll(sv):
+    if sv is None:
+      logits = model.apply({"params": params}, seq["tokens"], valid_BT=seq["valid"])
+    else:
+      logits = steer(model.apply, spec)({"params": params}, sv, seq["tokens"], mask,
+                                        valid_BT=seq["valid"])
+    lp, n = losses.response_logprobs(logits, seq["tokens"], seq["response"])
+    return -jnp.sum(lp) / jnp.sum(n)
+
+  if svs is None:
+    return float(nll(None))
+  return float(np.mean([nll({k: jnp.asarray(v) for k, v in sv.items()})
+                        for sv in svs.values()]))
+
+
+def _utility(ctx, bench, method, svs, rows, unsteered: float):
+  """Held-out NLL with the method's SVs on at the factors it reports (learned or picked)."""
+  if not method.trained:
+    return unsteered if method.kind == "unsteered" else None
+  factor = {r["concept"]: r["factor"] for r in rows}
+  return heldout_nll(ctx, bench, {c: dict(sv, factor=np.float32(factor[c]))
+                                  for c, sv in svs.items()}, method.spec)
+
+
+def _plot_utility(summary, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for s in summary:
+    if s.get("heldout_nll") is not None:
+      ax.scatter(s["heldout_nll"], s["overall"])
+      ax.annotate(s["method"], (s["heldout_nll"], s["overall"]), fontsize=7)
+  ax.set_xlabel("held-out NLL per token with the SV on (lower = more utility kept)")
+  ax.set_ylabel("overall steering score (0..2)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def judge_records(judge, records: list) -> list:
   """`records` with the judge's three ratings added (the judge reads `prompt` as the
   instruction)."""
@@ -110,6 +171,7 @@ def run(config, workdir: str, log=print, bundle=None) -> list:
   judge = OfflineJudge(ctx.model, ctx.params, ctx.tok)
   rng = jax.random.PRNGKey(config.seed)
   rows, summary, records, grids = [], [], {}, {}
+  unsteered_nll = heldout_nll(ctx, bench)
   gen_path = os.path.join(workdir, "generations.jsonl")
   open(gen_path, "w").close()
   for k, method in enumerate(all_methods):
@@ -127,20 +189,26 @@ def run(config, workdir: str, log=print, bundle=None) -> list:
         f.write(json.dumps(g) + "\n")
     method_rows = scoring.score_method(method.name, gens, grid=method.grid is not None)
     rows += method_rows
-    summary.append(scoring.summarize(method.name, method_rows, gens, method.grid is not None))
+    summary.append(dict(scoring.summarize(method.name, method_rows, gens, method.grid is not None),
+                        heldout_nll=_utility(ctx, bench, method, svs, method_rows,
+                                             unsteered_nll)))
     records[method.name] = gens
     if method.grid is not None:
       grids[method.name] = method.grid
   title = (f"demo: {config.model.path}, layer {config.steer.layer}, concepts "
            f"{', '.join(config.data.concepts)}")
+  notes = (f"heldout_nll = utility: NLL per token of held-out story continuations with the "
+           f"SVs on (unsteered {unsteered_nll:.3f}; lower keeps more of the model).")
   markdown = report.write(workdir, title, summary, rows, records, grids,
-                          {"seconds": round(time.time() - t0, 1)})
+                          {"seconds": round(time.time() - t0, 1)},
+                          columns=report.SUMMARY_COLUMNS + ("heldout_nll",), extra_notes=notes)
+  _plot_utility(summary, os.path.join(workdir, "utility.png"))
   log("\nsample generations (first eval prompt of the first concept):")
   for name, gens in records.items():
     for g in gens[:config.eval.samples_shown]:
       log(f"  {name} [{g['concept']}, factor {g['factor']}]: {g['prompt']} >>> "
           f"{g['continuation'][:300]!r}")
   log("\n" + markdown)
-  log(f"wrote {workdir}/results.json, results.md, generations.jsonl, scores.png "
+  log(f"wrote {workdir}/results.json, results.md, generations.jsonl, scores.png, utility.png "
       f"in {time.time() - t0:.0f} s")
   return rows

@@ -28,7 +28,7 @@ from steerjax.data import axbench as data
 from steerjax.data import released, sources
 from steerjax.eval import scoring
 from steerjax.jobs import axbench, common
-from steerjax.jobs.judges import cache_root, make_judge
+from steerjax.jobs.judges import cache_root
 from steerjax.train import train_concepts
 
 # config.search field -> the method key it sweeps
@@ -130,14 +130,9 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
   os.makedirs(workdir, exist_ok=True)
   base = _base(config)
   points = grid(config)
-  ctx = common.setup(config, log, bundle)
-  own_judge = judge is None
-  judge = judge or make_judge(config, ctx)
-  state = None
-  try:
-    state = axbench.Run(ctx, workdir, judge, bench=_benchmark(config),
-                        contrast="hp_contrast" if config.search.concepts == "hp_tuning"
-                        else "contrast")
+  contrast = "hp_contrast" if config.search.concepts == "hp_tuning" else "contrast"
+  with axbench.session(config, workdir, log, bundle, judge, bench=_benchmark(config),
+                       contrast=contrast) as state:
     log(f"search: {len(points)} point(s) of {base.name} on {len(state.bench.concepts)} "
         f"concept(s) ({config.search.concepts})")
     shapes = {}
@@ -157,11 +152,6 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
       table.append(dict(p, point=_point_name(k), overall=s["overall"], ci_low=s["ci_low"],
                         ci_high=s["ci_high"], concept=s["concept"],
                         instruction=s["instruction"], fluency=s["fluency"]))
-  finally:
-    if state is not None:
-      state.store.close()
-    if own_judge:
-      judge.close()
   best = max(table, key=lambda r: r["overall"])   # ties: the first point in grid order
   write(workdir, config, table, best, time.time() - t0)
   log(f"best of {len(table)}: point {best['point']} overall {best['overall']:.3f} "

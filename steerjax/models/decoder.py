@@ -177,6 +177,28 @@ def _allowed(q_slot_BT, k_valid_BS, window):
   return ok
 
 
+def _logits(h_BTD, unembed_VD, softcap):
+  return _softcap(jnp.einsum("btd,vd->btv", h_BTD, unembed_VD).astype(jnp.float32), softcap)
+
+
+def chunked_logsumexp(h_BTD, unembed_VD, chunk: int, softcap=None):
+  """logsumexp over the vocabulary of the (soft-capped) logits `h @ unembed.T`, `chunk`
+  rows of the unembedding at a time; each chunk's logits are recomputed in the backward
+  pass instead of stored."""
+  V, D = unembed_VD.shape
+  n = -(-V // chunk)
+  rows = jnp.pad(unembed_VD, ((0, n * chunk - V), (0, 0))).reshape(n, chunk, D)
+  real = (jnp.arange(n * chunk) < V).reshape(n, chunk)
+
+  @jax.checkpoint
+  def add_chunk(total, part):
+    w, keep = part
+    logits = jnp.where(keep, _logits(h_BTD, w, softcap), -jnp.inf)
+    return jnp.logaddexp(total, jax.nn.logsumexp(logits, axis=-1)), None
+  start = jnp.full(h_BTD.shape[:-1], -jnp.inf, jnp.float32)
+  return jax.lax.scan(add_chunk, start, (rows, real))[0]
+
+
 class Decoder(nn.Module):
   """`apply({"params": p}, tokens_BT) -> logits_BTV` (fp32 logits).
 
@@ -189,10 +211,13 @@ class Decoder(nn.Module):
 
   `remat=True` recomputes each block's activations in the backward pass instead of
   storing them (`nn.remat`); params, outputs and the `residual` site are unchanged.
+  `vocab_chunk=N` computes the `targets` log-probabilities' normaliser over N vocabulary
+  rows at a time, recomputed in the backward pass, so no `[B, R, V]` logits are kept.
   """
   cfg: ModelConfig
   dtype: Any = jnp.float32
   remat: bool = False
+  vocab_chunk: int = 0
 
   @nn.compact
   def __call__(self, tokens_BT=None, *, valid_BT=None, cache=None, h_BTD=None,
@@ -241,13 +266,17 @@ class Decoder(nn.Module):
       else:
         unembed_VD = _param(self, "lm_head", nn.initializers.normal(0.02),
                             (cfg.dim, cfg.vocab_size), ("embed", "vocab"), dt).T
-      out = _softcap(jnp.einsum("btd,vd->btv", h_BTD, unembed_VD).astype(jnp.float32),
-                     cfg.final_softcap)
       if targets is not None:
         # The target's logit from its own unembedding row: no [B, T, V] gather, and a
         # backward pass that needs only the softmax.
         picked = jnp.einsum("btd,btd->bt", h_BTD, unembed_VD[targets]).astype(jnp.float32)
-        out = _softcap(picked, cfg.final_softcap) - jax.nn.logsumexp(out, axis=-1)
+        if self.vocab_chunk:
+          normaliser = chunked_logsumexp(h_BTD, unembed_VD, self.vocab_chunk, cfg.final_softcap)
+        else:
+          normaliser = jax.nn.logsumexp(_logits(h_BTD, unembed_VD, cfg.final_softcap), axis=-1)
+        out = _softcap(picked, cfg.final_softcap) - normaliser
+      else:
+        out = _logits(h_BTD, unembed_VD, cfg.final_softcap)
     if cache is None:
       return out
     new_cache = dict(k=new_k, v=new_v, valid=k_valid, index=cache["index"] + T,

@@ -31,6 +31,28 @@ class Tokenizer:
   def has_chat_template(self) -> bool:
     return self.kind == "hf" and bool(getattr(self._tok, "chat_template", None))
 
+  @property
+  def bos_text(self) -> str:
+    """The BOS token as text ('' when there is none or it has no text form)."""
+    if self.kind == "sentencepiece" or self.bos_id is None:
+      return ""
+    return self._tok.convert_ids_to_tokens(self.bos_id) or ""
+
+  def chat_text(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+    """`messages` ([{"role", "content"}]) under the chat template, as text; without a
+    template, the contents one after another."""
+    if not self.has_chat_template:
+      return "\n\n".join(m["content"] for m in messages)
+    return self._tok.apply_chat_template(list(messages), tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+  def chat_ids(self, messages: Sequence[dict]) -> list:
+    """Token ids of a (multi-turn) chat ending in the generation prompt; BOS + the joined
+    contents for a model without a chat template."""
+    if not self.has_chat_template:
+      return self.encode(self.chat_text(messages), bos=True)
+    return self.encode(self.chat_text(messages))
+
   def encode(self, text: str, bos: bool = False) -> list:
     if self.kind == "sentencepiece":
       ids = self._tok.encode(text)

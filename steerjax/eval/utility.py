@@ -1,0 +1,169 @@
+"""The paper's utility benchmarks (tinyMMLU, tinyGSM8K; its Section 6.4 and App. M): prompts,
+answer scoring and accuracy.
+
+Each item's `input_formatted` (tinyBenchmarks' column: five solved examples, then the
+question) becomes a multi-turn chat, five user/assistant turns and the question, as the
+paper's authors built it; a steering prompt (the prompting baseline) goes before the last
+question. GSM8K answers are scored by their final number with lm-eval's own extraction
+(its tinyGSM8k `flexible-extract` and `strict-match` filters); MMLU answers by a judge's
+verdict on the generated text (the paper's way) and, beside it, by the answer letter's
+log-likelihood (lm-eval's standard, run through lm-eval). Accuracy is the plain mean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import List, Optional, Sequence
+
+LETTERS = ("A", "B", "C", "D")
+# lm-eval 0.4.13 tasks/tinyBenchmarks/tinyGSM8k.yaml
+GSM8K_FILTERS = {"flexible": ("(-?[$0-9.,]{2,})|(-?[0-9]+)", -1),
+                 "strict": ("#### (\\-?[0-9\\.\\,]+)", 0)}
+GSM8K_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
+HUB = {"tinymmlu": ("tinyBenchmarks/tinyMMLU", "all"), "tinygsm8k": ("tinyBenchmarks/tinyGSM8k",
+                                                                     "main")}
+MMLU_JUDGE_REQUEST = """\
+A student answered a multiple-choice question. Decide whether the student's answer picks \
+the correct option, by its letter or by its text; ignore any extra text around it.
+
+Question and options:
+{question}
+
+Correct option: {correct}
+
+Student's answer:
+{response}
+
+Explain in one sentence, then finish with one last line of exactly this form, 1 if the \
+answer picks the correct option and 0 if it does not or picks none:
+Rating: [[k]]"""
+
+
+def load_items(name: str, source: str = "", data_root: Optional[str] = None) -> List[dict]:
+  """The test items of `name` (tinymmlu | tinygsm8k): from a local `.jsonl`/`.parquet` file
+  in the tinyBenchmarks schema if `source` is one, else the hub dataset."""
+  if source and os.path.exists(source):
+    if source.endswith(".jsonl"):
+      with open(source, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    else:
+      import pandas as pd
+      rows = pd.read_parquet(source).to_dict("records")
+  else:
+    import datasets
+    repo, subset = HUB[name] if not source else (source, HUB[name][1])
+    rows = list(datasets.load_dataset(repo, subset, split="test"))
+  need = ("input_formatted", "answer") if name == "tinymmlu" else ("question", "answer")
+  for i, row in enumerate(rows):
+    missing = [k for k in need if k not in row]
+    if missing:
+      raise ValueError(f"{source or name} item {i}: no {missing}; the tinyBenchmarks schema has "
+                       f"{list(need)}")
+  return rows
+
+
+def _mmlu_turns(text: str) -> List[dict]:
+  """tinyMMLU's `input_formatted` as chat turns: each solved example a user turn (the task
+  line, the question, its options, "Answer:") and an assistant turn ("The answer is: X.")."""
+  head = re.match(r"The following .*\n", text)
+  task = head.group(0).strip() if head else ""
+  body = text[head.end():] if head else text
+  parts = body.split("Answer:")
+  messages = []
+  for k, part in enumerate(parts[:-1]):
+    question = part.strip()
+    if k:   # the letter that answered the previous question opens this part
+      letter, _, question = question.partition("\n")
+      messages.append({"role": "assistant", "content": f"The answer is: {letter.strip()}."})
+      question = question.strip()
+    messages.append({"role": "user", "content": f"{task}\n\n{question}\nAnswer:".lstrip()})
+  return messages
+
+
+def _gsm8k_turns(text: str) -> List[dict]:
+  """tinyGSM8K's `input_formatted` as chat turns: each solved example's question a user
+  turn and its worked answer an assistant turn; the last question alone."""
+  messages = []
+  for block in text.split("\n\n"):
+    question = re.search(r"Question:.*", block)
+    answer = re.search(r"Answer: .*", block, re.DOTALL)
+    if question:
+      messages.append({"role": "user", "content": question.group(0).strip()})
+    if answer and question:
+      messages.append({"role": "assistant", "content": answer.group(0).strip()})
+  return messages
+
+
+def chat(name: str, item: dict, steering_prompt: str = "",
+         shots: Sequence[dict] = ()) -> List[dict]:
+  """The item's multi-turn chat; `steering_prompt` goes before the last question. A GSM8K
+  item without `input_formatted` takes `shots` (items with question and answer)."""
+  if name == "tinymmlu":
+    messages = _mmlu_turns(item["input_formatted"])
+  elif item.get("input_formatted"):
+    messages = _gsm8k_turns(item["input_formatted"])
+  else:
+    messages = []
+    for shot in shots:
+      messages += [{"role": "user", "content": f"Question: {shot['question']}"},
+                   {"role": "assistant", "content": f"Answer: {shot['answer']}"}]
+    messages.append({"role": "user", "content": f"Question: {item['question']}"})
+  if steering_prompt:
+    messages[-1] = dict(messages[-1], content=f"{steering_prompt}\n\n{messages[-1]['content']}")
+  return messages
+
+
+def _normalise(text: str) -> str:
+  for pattern in GSM8K_IGNORE:
+    text = re.sub(pattern, "", text)
+  return text.strip().lower()
+
+
+def gsm8k_answer(item: dict) -> str:
+  return _normalise(item["answer"].split("####")[-1])
+
+
+def gsm8k_correct(responses: Sequence[str], items: Sequence[dict], mode: str = "flexible"
+                  ) -> List[bool]:
+  """Whether each response's extracted number (lm-eval's tinyGSM8k filter `mode`) equals
+  the gold answer after lm-eval's exact-match normalisation."""
+  from lm_eval.filters.extraction import RegexFilter
+  pattern, group = GSM8K_FILTERS[mode]
+  extracted = RegexFilter(regex_pattern=pattern, group_select=group).apply(
+      [[r] for r in responses], list(items))
+  return [_normalise(e[0]) == gsm8k_answer(item) for e, item in zip(extracted, items)]
+
+
+def mmlu_letter(item: dict) -> str:
+  answer = item["answer"]
+  return LETTERS[int(answer)] if not isinstance(answer, str) else answer.strip()
+
+
+def mmlu_judge_requests(items: Sequence[dict], responses: Sequence[str]) -> List[str]:
+  """One grading request per answer: the question with its options (the item's last
+  question in `input_formatted`), the correct option and the response."""
+  out = []
+  for item, response in zip(items, responses):
+    question = item["input_formatted"].split("Answer:")[-2].split("\n", 1)[-1].strip()
+    letter = mmlu_letter(item)
+    choices = item.get("choices")
+    correct = f"{letter}" + (f". {choices[LETTERS.index(letter)]}" if choices is not None else "")
+    out.append(MMLU_JUDGE_REQUEST.format(question=question, correct=correct,
+                                         response=response.strip()))
+  return out
+
+
+def mmlu_task(items_path: str, steering_prompt: str = "") -> dict:
+  """lm-eval's tinyMMLU protocol as an inline task over a local file: the answer letter
+  with the highest log-likelihood after `input_formatted`, plain accuracy (`acc`)."""
+  doc_to_text = "{{input_formatted}}"
+  if steering_prompt:
+    prefix = steering_prompt + "\n\n"
+    doc_to_text = lambda doc: prefix + doc["input_formatted"]
+  return {"task": "steerjax_tinymmlu", "dataset_path": "json",
+          "dataset_kwargs": {"data_files": {"test": items_path}}, "test_split": "test",
+          "output_type": "multiple_choice", "doc_to_text": doc_to_text,
+          "doc_to_choice": list(LETTERS), "doc_to_target": "answer",
+          "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}

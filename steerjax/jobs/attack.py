@@ -1,0 +1,150 @@
+"""The `attack` job (paper Table 18, Fig. 6): steering under a concept-suppressing prompt.
+
+  python -m steerjax.main --config=configs/axbench_gemma2_2b.py --workdir=runs/g2b_attack \
+      --config.job=attack --config.attack.svs_from=runs/g2b_l10 \
+      --config.attack.utility_from=runs/g2b_utility
+
+Each concept's 10 test instructions are rewritten to demand that the concept be avoided
+(the authors' released `suppression_prompt_blended.parquet`, else written by the judge with
+our own request and stored); the model answers the rewritten instruction, the prompting
+baseline as `eval.prompt_template` with the steering prompt and the rewritten instruction;
+the judge rates against the original instruction, with the AxBench protocol. With
+`attack.utility_from` (a utility job's workdir) it also writes `tradeoff.{md,png}`: accuracy
+against the score under attack, one point per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+
+from steerjax.data import axbench as data
+from steerjax.data import released
+from steerjax.eval import report, scoring
+from steerjax.jobs import axbench, common, steered
+from steerjax.jobs.judges import cache_root
+
+SUPPRESSION_REQUEST = """\
+Rewrite the instruction below so that, besides asking for what it asks, it tells the \
+assistant to keep away from one concept: the answer must not mention or allude to it. \
+Keep the original request intact and natural.
+
+Concept: {concept}
+Instruction: {instruction}
+
+Write only the rewritten instruction."""
+
+
+def plan(config) -> list:
+  a = config.attack
+  rows = steered.parse_rows(config, a.rows)
+  n = a.num_concepts or config.data.num_concepts or 500
+  out = [common.method_cost(dataclasses.replace(r.method, name=r.name), n, 0, 0, data.N_EVAL,
+                            config.eval.max_new_tokens) for r in rows]
+  for row in out:
+    row["svs"] = 0   # read from the axbench run, not trained
+  return out
+
+
+def attack_prompts(run, concepts, log=print) -> Dict[int, List[str]]:
+  """{concept_id: the 10 rewritten instructions}: released ones, the rest written by the
+  judge (stored, so asked once)."""
+  cfg = run.config
+  out = {}
+  if cfg.attack.prompts == "released":
+    table = released.frame("suppression", cfg.data.task, cache_root(cfg), cfg.data.released_repo)
+    found = released.by_concept(table, concepts, log, "suppression prompts")
+    for cid, rows in found.items():
+      by_original = dict(zip(rows["original_prompt"], rows["steered_prompt"]))
+      if all(x in by_original for x in run.bench.instructions[cid]):
+        out[cid] = [by_original[x] for x in run.bench.instructions[cid]]
+  todo = [(c, i, x) for c in concepts if c.concept_id not in out
+          for i, x in enumerate(run.bench.instructions[c.concept_id])]
+  if todo:
+    keys = [run.store.key("suppression", run.judge.name, c.name, x) for c, _, x in todo]
+    texts = [run.store.get(k) for k in keys]
+    ask = [j for j, t in enumerate(texts) if t is None]
+    if ask:
+      log(f"attack: the judge writes {len(ask)} suppression prompt(s)")
+      written = run.judge.ask([SUPPRESSION_REQUEST.format(concept=todo[j][0].name,
+                                                          instruction=todo[j][2]) for j in ask])
+      for j, text in zip(ask, written):
+        texts[j] = text.strip().strip('"').strip()
+        run.store.put(keys[j], texts[j])
+    for (c, i, _), text in zip(todo, texts):
+      out.setdefault(c.concept_id, [None] * data.N_EVAL)[i] = text
+  return out
+
+
+def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
+  """Every row under attack; returns {"rows": summaries}."""
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  a = config.attack
+  rows = steered.parse_rows(config, a.rows)
+  steered.require_svs_from(a.svs_from, rows, "attack")
+  with axbench.session(config, workdir, log, bundle, judge) as state:
+    ctx = state.ctx
+    concepts = state.bench.concepts[:a.num_concepts or None]
+    state.bench = dataclasses.replace(state.bench, concepts=concepts)
+    state.inputs = attack_prompts(state, concepts, log)
+    summary, all_rows, records = [], [], {}
+    for r in rows:
+      m = dataclasses.replace(r.method, name=r.name)
+      svs = ({data.concept_name(c): steered.load_sv(a.svs_from, r, c, ctx.model.cfg)
+              for c in concepts} if r.needs_svs else None)
+      records[r.name] = axbench.evaluate(state, m, svs)
+      method_rows = scoring.score_method(r.name, records[r.name], grid=False)
+      all_rows += method_rows
+      summary.append(scoring.summarize(r.name, method_rows, records[r.name], grid=False))
+  folder = config.results_dir or os.path.join(workdir, "results")
+  title = (f"suppression attack: {config.model.path}, layer {config.steer.layer}, "
+           f"{len(concepts)} concept(s)")
+  report.write(folder, title, summary, all_rows, records, extra={
+      "seconds": round(time.time() - t0, 1)})
+  if a.utility_from:
+    tradeoff(folder, summary, a.utility_from)
+  return {"rows": summary, "results_dir": folder}
+
+
+def tradeoff(folder: str, attack_summary: List[dict], utility_from: str):
+  """tradeoff.md / .png: benchmark accuracy (mean of tinyMMLU and tinyGSM8K) against the
+  steering score under attack, one point per row."""
+  path = utility_from if utility_from.endswith(".json") else os.path.join(
+      utility_from, "results", "utility.json")
+  with open(path) as f:
+    utility = json.load(f)
+  points = []
+  for s in attack_summary:
+    u = utility.get(s["method"])
+    if u is None:
+      continue
+    accuracy = np.mean([u[k] for k in ("mmlu_judge", "gsm8k") if k in u]
+                       or [u[k] for k in ("mmlu_letter", "gsm8k") if k in u])
+    points.append({"row": s["method"], "accuracy": float(accuracy),
+                   "score_under_attack": s["overall"]})
+  caption = ("The paper's reading (its Fig. 6): a prompt-only SV keeps the unsteered model's "
+             "accuracy and stays robust to the suppressing prompt, so PrOSV points lie on a "
+             "better accuracy-vs-robustness front than FSSVs at any factor scale, which trade "
+             "one for the other.")
+  with open(os.path.join(folder, "tradeoff.md"), "w") as f:
+    f.write("# accuracy vs steering score under attack\n\n" + scoring.results_table(
+        [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in p.items()}
+         for p in points]) + f"\n\n{caption}\n")
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5.5, 4.2))
+  for p in points:
+    ax.scatter(p["accuracy"], p["score_under_attack"])
+    ax.annotate(p["row"], (p["accuracy"], p["score_under_attack"]), fontsize=7)
+  ax.set_xlabel("accuracy (mean of tinyMMLU and tinyGSM8K)")
+  ax.set_ylabel("overall steering score under attack (0..2)")
+  fig.tight_layout()
+  fig.savefig(os.path.join(folder, "tradeoff.png"), dpi=120)
+  plt.close(fig)

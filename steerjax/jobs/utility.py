@@ -1,0 +1,174 @@
+"""The `utility` job (paper Table 3 / 16, and Table 17's long-context steering score): what
+steering costs the model on tinyMMLU and tinyGSM8K, per row (unsteered, prompting, SVs of an
+axbench run at factor scales), averaged over concepts.
+
+  python -m steerjax.main --config=configs/axbench_gemma2_2b.py --workdir=runs/g2b_utility \
+      --config.job=utility --config.utility.svs_from=runs/g2b_l10
+
+5-shot as multi-turn chat, greedy, 128 (MMLU) / 512 (GSM8K) new tokens; GSM8K scored by
+the final number, MMLU by the judge on the generated answer and by the answer letter's
+log-likelihood through lm-eval (steerjax.eval.utility). Resumable per (row, concept, task).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Dict, List
+
+import numpy as np
+
+from steerjax.eval import scoring, utility
+from steerjax.eval.templates import parse_rating
+from steerjax.jobs import axbench, steered
+
+TASKS = ("tinymmlu", "tinygsm8k")
+COLUMNS = ("row", "concepts", "mmlu_judge", "mmlu_letter", "gsm8k", "gsm8k_strict",
+           "long_context")
+
+
+def _concepts(config, bench):
+  return bench.concepts[:config.utility.num_concepts or None]
+
+
+def plan(config) -> list:
+  u = config.utility
+  rows = steered.parse_rows(config, u.rows)
+  n = u.num_concepts or config.data.num_concepts or 500
+  items = u.limit or 100
+  out = []
+  for r in rows:
+    count = 1 if r.method.kind == "unsteered" else n
+    gens = count * items * len(TASKS)
+    out.append({"method": r.name, "generations": gens,
+                "new_tokens": count * items * (u.mmlu_tokens + u.gsm8k_tokens),
+                "judge_calls": count * items * ((1 if u.mmlu_judge else 0)
+                                                + (3 if u.long_context_score else 0))})
+  return out
+
+
+def _items(config, workdir: str) -> Dict[str, list]:
+  """Test items per task, and a local JSON-lines copy for lm-eval's loader."""
+  u, out = config.utility, {}
+  for task in TASKS:
+    items = utility.load_items(task, u.get(task), config.data_root or None)
+    shots = []
+    if task == "tinygsm8k" and "input_formatted" not in items[0]:
+      shots, items = items[:5], items[5:]    # plain GSM8K rows: the first five are the shots
+    items = items[:u.limit] if u.limit else items
+    path = os.path.join(workdir, "items", f"{task}.jsonl")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+      for item in items:
+        f.write(json.dumps({k: (v.tolist() if hasattr(v, "tolist") else v)
+                            for k, v in item.items()}) + "\n")
+    out[task] = (items, shots, path)
+  return out
+
+
+def _letter_accuracy(ctx, row, sv, path: str, steering_prompt: str) -> float:
+  """lm-eval's tinyMMLU multiple-choice accuracy on the steered model."""
+  from lm_eval import simple_evaluate
+  from lm_eval.tasks import TaskManager
+  from steerjax.eval.lm_eval_model import SteerjaxLM
+  lm = SteerjaxLM(bundle=ctx.bundle, batch_size=ctx.config.eval.batch_size, sv_tree=sv,
+                  spec=row.method.spec if sv is not None else None)
+  out = simple_evaluate(model=lm, tasks=[utility.mmlu_task(path, steering_prompt)],
+                        task_manager=TaskManager(), verbosity="ERROR")
+  return float(out["results"]["steerjax_tinymmlu"]["acc,none"])
+
+
+def evaluate_one(run, row, concepts, sv, items: Dict, steering_prompt: str) -> dict:
+  """All scores of one row for one concept (or, unsteered, for all `concepts` at once: its
+  answers are the same, their steering score is averaged over the concepts)."""
+  ctx, u = run.ctx, run.config.utility
+  spec = row.method.spec if sv is not None else None
+  out = {}
+  for task in TASKS:
+    task_items, shots, path = items[task]
+    prompts = [ctx.tok.chat_ids(utility.chat(task, item, steering_prompt, shots))
+               for item in task_items]
+    budget = u.mmlu_tokens if task == "tinymmlu" else u.gsm8k_tokens
+    ids = run.generate(prompts, max_new_tokens=budget, temperature=0.0, sv=sv, spec=spec,
+                       concept_ids=None)
+    texts = [ctx.tok.decode(x) for x in ids]
+    out[f"{task}_responses"] = texts
+    if task == "tinygsm8k":
+      out["gsm8k"] = float(np.mean(utility.gsm8k_correct(texts, task_items, "flexible")))
+      out["gsm8k_strict"] = float(np.mean(utility.gsm8k_correct(texts, task_items, "strict")))
+      if u.long_context_score:
+        ratings = run.judge.rate([{"concept": c.name, "instruction": item["question"],
+                                   "continuation": t} for c in concepts
+                                  for item, t in zip(task_items, texts)])
+        out["long_context"] = float(np.mean([scoring.record_score(r) for r in ratings]))
+    else:
+      if u.mmlu_judge:
+        verdicts = run.judge.ask(utility.mmlu_judge_requests(task_items, texts))
+        out["mmlu_judge"] = float(np.mean([parse_rating(v) == (1, True) for v in verdicts]))
+      out["mmlu_letter"] = _letter_accuracy(ctx, row, sv, path, steering_prompt)
+  return out
+
+
+def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
+  """Every row over its concepts; returns {row: summary}."""
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  u = config.utility
+  rows = steered.parse_rows(config, u.rows)
+  steered.require_svs_from(u.svs_from, rows, "utility")
+  with axbench.session(config, workdir, log, bundle, judge) as state:
+    ctx = state.ctx
+    concepts = _concepts(config, state.bench)
+    items = _items(config, workdir)
+    log(f"utility: {len(rows)} row(s) x {len(concepts)} concept(s), "
+        f"{len(items['tinymmlu'][0])} tinyMMLU and {len(items['tinygsm8k'][0])} tinyGSM8K items")
+    prompts = (state.steering_prompts(concepts)
+               if any(r.method.kind == "prompting" for r in rows) else {})
+    summary = {}
+    for r in rows:
+      per_concept = []
+      for c in ([None] if r.method.kind == "unsteered" else concepts):
+        path = os.path.join(workdir, "rows", r.name, f"{'all' if c is None else c.concept_id}.json")
+        if os.path.exists(path):
+          with open(path) as f:
+            per_concept.append(json.load(f))
+          continue
+        sv = steered.load_sv(u.svs_from, r, c, ctx.model.cfg) if r.needs_svs else None
+        prompt = prompts[c.concept_id] if r.method.kind == "prompting" else ""
+        result = evaluate_one(state, r, concepts if c is None else [c], sv, items, prompt)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+          json.dump(result, f)
+        os.replace(path + ".tmp", path)
+        per_concept.append(result)
+        log(f"utility {r.name} concept {'-' if c is None else c.concept_id}: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float)))
+      summary[r.name] = _summarise(r.name, per_concept)
+  write(config.results_dir or os.path.join(workdir, "results"), config, summary,
+        time.time() - t0)
+  return summary
+
+
+def _summarise(name: str, per_concept: List[dict]) -> dict:
+  out = {"row": name, "concepts": len(per_concept)}
+  for key in COLUMNS[2:]:
+    values = [r[key] for r in per_concept if key in r]
+    if values:
+      out[key] = float(np.mean(values))
+      out[key + "_std"] = float(np.std(values))
+  return out
+
+
+def write(folder: str, config, summary: Dict[str, dict], seconds: float):
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "utility.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  shown = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()}
+           for s in summary.values()]
+  with open(os.path.join(folder, "utility.md"), "w") as f:
+    f.write(f"# utility: {config.model.path}, layer {config.steer.layer} ({seconds:.0f} s)\n\n"
+            + scoring.results_table(shown, COLUMNS) + "\n\nAccuracy (0..1) on tinyMMLU (judge on "
+            "the generated answer; answer letter's log-likelihood) and tinyGSM8K (final number; "
+            "strict '#### n'), mean over concepts; long_context = the steering score (0..2) of "
+            "the GSM8K answers (paper Table 17).\n")
