@@ -29,12 +29,12 @@ import numpy as np
 import optax
 
 from steerjax import checkpoint, losses
-from steerjax.health import Health, residual_norm
-from steerjax.train_config import (RunConfig, StepConfig, factor_mode, needs_neutral,
-                                   schedule_length)
 from steerjax.data.batching import ConceptData, batch_indices, pack, response_window
+from steerjax.health import Health, residual_norm
 from steerjax.optim import make_optimizer, scaled_learning_rates
 from steerjax.steering import SteerSpec, edit, init_sv, positions_mask, steer
+from steerjax.train_config import (RunConfig, StepConfig, factor_mode, needs_neutral,
+                                   schedule_length)
 
 class NonFiniteError(FloatingPointError):
   """The loss or an SV became NaN/inf; the last good checkpoint is kept."""

@@ -274,7 +274,8 @@ def main():
     json.dump(result, f, indent=1)
   table = scoring.results_table(result)
   with open(os.path.join(args.out, f"{args.study}.md"), "w") as f:
-    f.write(f"`{' '.join(sys.argv)}` ({time.time() - t0:.0f} s)\n\n{table}\n")
+    command = " ".join(["python -m experiments.paper.tinystories_study"] + sys.argv[1:])
+    f.write(f"`{command}` ({time.time() - t0:.0f} s)\n\n{table}\n")
   print(table)
 
 
