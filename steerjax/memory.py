@@ -47,6 +47,12 @@ def step_bytes(model, params, spec, step_cfg, run_cfg, concepts: Sequence[Concep
                            groups=groups, tx=tx)
   mem = jax.jit(lambda s, p, d, i, g: step(s, params=p, data=d, idx=i, group=g)).lower(
       state, params, store, rows, rows).compile().memory_analysis()
+  return peak_bytes(mem)
+
+
+def peak_bytes(mem) -> int:
+  """Peak bytes of a compiled program from its memory analysis: arguments and outputs
+  (donated buffers counted once) and temporaries."""
   return int(mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
              + mem.temp_size_in_bytes)
 

@@ -50,14 +50,15 @@ class Method:
     return self.kind == "trained"
 
 
-def _value(config, over, key):
+def value(config, over, key):
+  """A method key's value: the method's override, else its config group's field."""
   group, field = OVERRIDES[key]
   return over[key] if key in over else config[group][field]
 
 
 def step_config(config, over=None) -> StepConfig:
   over = over or {}
-  get = lambda key: _value(config, over, key)
+  get = lambda key: value(config, over, key)
   o = config.optim
   return StepConfig(objective=get("objective"), factor_mode=get("factor_mode"),
                     factor_set=tuple(get("factor_set")), batch_size=get("batch_size"),
@@ -70,7 +71,7 @@ def step_config(config, over=None) -> StepConfig:
 
 def run_config(config, over=None) -> RunConfig:
   over = over or {}
-  get = lambda key: _value(config, over, key)
+  get = lambda key: value(config, over, key)
   t = config.train
   return RunConfig(beta=float(get("beta")), lam=float(get("lam")), direction_init=get("init"),
                    fixed_factor=float(get("fixed_factor")), lr_factor=float(get("lr_factor")),
@@ -80,7 +81,7 @@ def run_config(config, over=None) -> RunConfig:
 
 
 def steer_spec(config, over=None) -> SteerSpec:
-  return SteerSpec(layer=config.steer.layer, positions=_value(config, over or {}, "positions"),
+  return SteerSpec(layer=config.steer.layer, positions=value(config, over or {}, "positions"),
                    op=config.steer.op)
 
 

@@ -94,5 +94,16 @@ class TextStore:
   def put(self, key: str, value):
     self._store.put(key, json.dumps(value, ensure_ascii=False))
 
+  def fetch(self, keys, make):
+    """The values of `keys`: stored ones read back, the rest made at once by
+    `make(indices of the missing keys) -> values` and stored."""
+    found = [self.get(k) for k in keys]
+    todo = [i for i, v in enumerate(found) if v is None]
+    if todo:
+      for i, value in zip(todo, make(todo)):
+        self.put(keys[i], value)
+        found[i] = value
+    return found
+
   def close(self):
     self._store.close()

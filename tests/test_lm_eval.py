@@ -9,12 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-lm_eval = pytest.importorskip("lm_eval")
-from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.api.instance import Instance
 
-from steerjax import generate as generation  # noqa: E402
-from steerjax.eval.lm_eval_model import SteerjaxLM  # noqa: E402
-from steerjax.steering import SteerSpec, init_sv, positions_mask, steer  # noqa: E402
+from steerjax import generate as generation
+from steerjax.eval.lm_eval_model import SteerjaxLM
+from steerjax.steering import SteerSpec, init_sv, positions_mask, steer
 
 PAIRS = [("Once upon a time, there was a", " little girl named Lily."),
          ("The dog ran to the park.", " He played with a ball."),

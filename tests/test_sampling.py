@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-from transformers import generation as hf  # noqa: E402
+import torch
+from transformers import generation as hf
 
-from steerjax.generate import repetition_penalty, top_k_filter, top_p_filter  # noqa: E402
-from steerjax.jobs.sampling import sampling_options  # noqa: E402
+from steerjax.generate import repetition_penalty, top_k_filter, top_p_filter
+from steerjax.jobs.sampling import sampling_options
 
 V = 50
 

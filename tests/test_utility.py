@@ -10,17 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("lm_eval")
-
-from axbench_fixtures import WRITTEN_REPLY, JudgeServer, build_tiny_gemma_chat  # noqa: E402
-from conftest import DATA  # noqa: E402
-from steerjax import checkpoint, methods  # noqa: E402
-from steerjax.data import axbench as data  # noqa: E402
-from steerjax.eval import utility  # noqa: E402
-from steerjax.jobs import attack, common  # noqa: E402
-from steerjax.jobs import utility as utility_job  # noqa: E402
-from steerjax.steering import init_sv  # noqa: E402
-from test_axbench import KEY_ENV, _released_clone, tiny_config  # noqa: E402
+from axbench_fixtures import WRITTEN_REPLY, JudgeServer, build_tiny_gemma_chat
+from conftest import DATA
+from steerjax import checkpoint, methods
+from steerjax.data import axbench as data
+from steerjax.eval import utility
+from steerjax.jobs import attack, common
+from steerjax.jobs import utility as utility_job
+from steerjax.steering import init_sv
+from test_axbench import KEY_ENV, _released_clone, tiny_config
 
 SHOTS = [("What is 2 + 2?", "A. 3\nB. 4\nC. 5\nD. 6", "B"),
          ("Which is a colour?", "A. red\nB. dog\nC. run\nD. six", "A"),

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from steerjax import generate, sharding, train
+from steerjax import generate, memory, sharding, train
 from steerjax.data.batching import ConceptData
 from steerjax.models import Decoder, preset
 from steerjax.steering import SteerSpec
@@ -82,11 +82,6 @@ def per_device_bytes(tree, shardings) -> int:
 def with_shardings(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, shardings)
-
-
-def peak(mem) -> int:
-  return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-          + mem.temp_size_in_bytes)
 
 
 def abstract_store(model, params, spec, step_cfg, run_cfg):
@@ -144,7 +139,7 @@ def train_row(model, mesh, params, params_sh, layer, objective):
               sv_state=per_device_bytes(state, shardings[0]),
               saved=saved_for_backward(model, spec, step_cfg, shardings, state, params, store,
                                        rows),
-              activations=mem.temp_size_in_bytes, peak=peak(mem))
+              activations=mem.temp_size_in_bytes, peak=memory.peak_bytes(mem))
 
 
 def generation_row(model, mesh, params, params_sh, layer):
@@ -169,7 +164,7 @@ def generation_row(model, mesh, params, params_sh, layer):
               kv_cache=per_device_bytes(kv, jax.tree.map(lambda x: x.sharding, kv)),
               prefill_activations=prefill_mem.temp_size_in_bytes,
               decode_activations=decode_mem.temp_size_in_bytes,
-              peak=max(peak(prefill_mem), peak(decode_mem)))
+              peak=max(memory.peak_bytes(prefill_mem), memory.peak_bytes(decode_mem)))
 
 
 def target_devices(target: str, n: int):

@@ -106,9 +106,9 @@ class SteerjaxLM(TemplateLM):
     bos = self.tok.bos_text
     starts = bool(bos) and string.startswith(bos)
     ids = self.tok.encode(string)   # a chat template's special tokens are read as such
-    if add_special_tokens is False or starts:
+    if add_special_tokens is False or starts or self.tok.bos_id is None:
       return ids
-    return self.tok.encode("", bos=True) + ids
+    return [self.tok.bos_id] + ids
 
   # ---- scoring
   def _score(self, contexts: List[List[int]], continuations: List[List[int]]):

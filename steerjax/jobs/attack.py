@@ -65,19 +65,11 @@ def attack_prompts(run, concepts, log=print) -> Dict[int, List[str]]:
         out[cid] = [by_original[x] for x in run.bench.instructions[cid]]
   todo = [(c, i, x) for c in concepts if c.concept_id not in out
           for i, x in enumerate(run.bench.instructions[c.concept_id])]
-  if todo:
-    keys = [run.store.key("suppression", run.judge.name, c.name, x) for c, _, x in todo]
-    texts = [run.store.get(k) for k in keys]
-    ask = [j for j, t in enumerate(texts) if t is None]
-    if ask:
-      log(f"attack: the judge writes {len(ask)} suppression prompt(s)")
-      written = run.judge.ask([SUPPRESSION_REQUEST.format(concept=todo[j][0].name,
-                                                          instruction=todo[j][2]) for j in ask])
-      for j, text in zip(ask, written):
-        texts[j] = text.strip().strip('"').strip()
-        run.store.put(keys[j], texts[j])
-    for (c, i, _), text in zip(todo, texts):
-      out.setdefault(c.concept_id, [None] * data.N_EVAL)[i] = text
+  texts = run.written("suppression_prompt", [
+      ((c.name, x), SUPPRESSION_REQUEST.format(concept=c.name, instruction=x))
+      for c, _, x in todo])
+  for (c, i, _), text in zip(todo, texts):
+    out.setdefault(c.concept_id, [None] * data.N_EVAL)[i] = text
   return out
 
 
@@ -86,8 +78,7 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   a = config.attack
-  rows = steered.parse_rows(config, a.rows)
-  steered.require_svs_from(a.svs_from, rows, "attack")
+  rows = steered.configured_rows(config, "attack")
   with axbench.session(config, workdir, log, bundle, judge) as state:
     ctx = state.ctx
     concepts = state.bench.concepts[:a.num_concepts or None]

@@ -155,17 +155,20 @@ class Run:
       rows = released.by_concept(table, concepts, self.ctx.log, "steering prompts")
       found = {cid: str(r["steering_prompt"].iloc[0]) for cid, r in rows.items()}
       concepts = [c for c in concepts if c.concept_id not in found]
-    keys = {c.concept_id: self.store.key("steering_prompt", self.judge.name, c.name)
-            for c in concepts}
-    found.update({cid: self.store.get(k) for cid, k in keys.items()})
-    todo = [c for c in concepts if found[c.concept_id] is None]
-    if todo:
-      texts = self.judge.ask([STEERING_PROMPT_REQUEST.format(concept=c.name) for c in todo])
-      for c, text in zip(todo, texts):
-        text = text.strip().strip('"').strip()
-        self.store.put(keys[c.concept_id], text)
-        found[c.concept_id] = text
+    texts = self.written("steering_prompt", [
+        ((c.name,), STEERING_PROMPT_REQUEST.format(concept=c.name)) for c in concepts])
+    found.update({c.concept_id: text for c, text in zip(concepts, texts)})
     return found
+
+  def written(self, kind: str, items) -> List[str]:
+    """Texts the judge writes for `items` [(key parts, request)], stored under its name so
+    each is asked once; quotes around a reply are dropped."""
+    keys = [self.store.key(kind, self.judge.name, *parts) for parts, _ in items]
+
+    def write(todo):
+      self.ctx.log(f"the judge writes {len(todo)} {kind.replace('_', ' ')}(s)")
+      return [t.strip().strip('"').strip() for t in self.judge.ask([items[i][1] for i in todo])]
+    return self.store.fetch(keys, write)
 
   def path(self, method, stage: str, concept) -> str:
     return os.path.join(self.workdir, "methods", method.name, stage,

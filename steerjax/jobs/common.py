@@ -33,7 +33,7 @@ class Context:
   mesh: object = None
   rules: object = None
   log: Callable = print
-  neutral_cache: dict = dataclasses.field(default_factory=dict)
+  memo: dict = dataclasses.field(default_factory=dict)   # what the job computes once
 
   @property
   def bundle(self):
@@ -91,12 +91,12 @@ def with_model_neutral(ctx: Context, concepts: Sequence[ConceptData],
   out = []
   for c in concepts:
     if c.neutral is None:
-      key = (c.name, tuple(map(tuple, c.prompts)), tuple(map(len, c.responses)))
-      if key not in ctx.neutral_cache:
-        ctx.neutral_cache[key] = generate_many(
+      key = ("neutral", c.name, tuple(map(tuple, c.prompts)), tuple(map(len, c.responses)))
+      if key not in ctx.memo:
+        ctx.memo[key] = generate_many(
             ctx.model, ctx.params, c.prompts, max_new_tokens=[len(y) for y in c.responses],
             batch_size=batch_size, fixed_batch=True, temperature=0.0)
-      c = dataclasses.replace(c, neutral=ctx.neutral_cache[key])
+      c = dataclasses.replace(c, neutral=ctx.memo[key])
     out.append(c)
   return out
 
@@ -132,14 +132,17 @@ def write_config(config, workdir: str):
 
 
 def train_svs(ctx: Context, method, concepts: Sequence[ConceptData], workdir: str,
-              concept_ids: Optional[Sequence[int]] = None, tag: str = "") -> Dict[str, dict]:
+              concept_ids: Optional[Sequence[int]] = None, tag: str = "",
+              row_methods: Optional[Sequence] = None) -> Dict[str, dict]:
   """Train one SV per concept; `train.concepts_per_step` concepts share each jitted step.
 
   SVs go to `workdir/svs/<concept>.safetensors`, metrics to `workdir/metrics.jsonl`.
   Finished concepts are skipped on a rerun and a killed group resumes from its checkpoint.
   `concept_ids` (one global id per concept) seed each SV's init and name the group folders,
   so a run over a different concept range never reuses another group's checkpoint.
-  Returns {concept: {"factor", "direction"}}.
+  `row_methods` (one per concept, sharing `method`'s spec and step) give each row its own
+  init sizes and rates, as a grid search stacks its points; groups are then named by
+  their rows. Returns {concept: {"factor", "direction"}}.
   """
   config, log = ctx.config, ctx.log
   os.makedirs(workdir, exist_ok=True)
@@ -161,22 +164,25 @@ def train_svs(ctx: Context, method, concepts: Sequence[ConceptData], workdir: st
   for start in range(0, len(concepts), per_step):
     group = list(concepts[start:start + per_step])
     group_ids = ids[start:start + len(group)]
-    folder = f"{start:04d}" if concept_ids is None else f"{group_ids[0]:04d}-{group_ids[-1]:04d}"
+    rows = None if row_methods is None else list(row_methods[start:start + len(group)])
+    folder = (f"{start:04d}" if concept_ids is None or rows is not None
+              else f"{group_ids[0]:04d}-{group_ids[-1]:04d}")
     paths = [os.path.join(workdir, "svs", sv_filename(c.name)) for c in group]
     if all(os.path.exists(p) for p in paths):
       log(f"{tag}skipping {[c.name for c in group]}: SVs already in {workdir}/svs")
       for c, p in zip(group, paths):
         svs[c.name] = checkpoint.load_sv(p, ctx.model.cfg)[0]
       continue
-    label = f"{tag}[{', '.join(c.name for c in group)}] "
+    label = (f"{tag}[{', '.join(c.name for c in group)}] " if rows is None
+             else f"{tag}rows {start}..{start + len(group) - 1} ")
     stacked = train_concepts(
         ctx.model, ctx.params, method.spec, group, group_ids, method.step, method.run,
         os.path.join(workdir, "groups", folder), log=log,
         metrics_path=os.path.join(workdir, "metrics.jsonl"), tag=label, writer=writer,
-        mesh=ctx.mesh, rules=ctx.rules)
+        mesh=ctx.mesh, rules=ctx.rules, row_runs=None if rows is None else [m.run for m in rows])
     for k, (c, p) in enumerate(zip(group, paths)):
       sv = {"factor": stacked["factor"][k], "direction": stacked["direction"][k]}
-      checkpoint.save_sv(p, sv, sv_meta(ctx, method, c.name, sv["factor"]))
+      checkpoint.save_sv(p, sv, sv_meta(ctx, rows[k] if rows else method, c.name, sv["factor"]))
       svs[c.name] = sv
   if writer is not None:
     writer.close()

@@ -9,6 +9,7 @@ in AxBench. Writes `results.json`, `results.md`, `summary.{csv,json}`, `per_conc
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -91,35 +92,44 @@ def generations(ctx, method, bench, svs, rng,
   return records
 
 
-def heldout_nll(ctx, bench, svs=None, spec=None, n_stories: int = 64, tokens: int = 64) -> float:
-  """Utility: mean per-token NLL of held-out story continuations (stories no concept
-  trains or evaluates on) with each concept's SV on, averaged over the SVs; `svs=None`
-  gives the unsteered model."""
-  model, params, tok = ctx.bundle
+@functools.partial(jax.jit, static_argnames=("model", "spec"))
+def _mean_nll(model, spec, params, sv, tokens, valid, prompt, response):
+  if sv is None:
+    logits = model.apply({"params": params}, tokens, valid_BT=valid)
+  else:
+    mask = positions_mask(spec.positions, prompt, valid)
+    logits = steer(model.apply, spec)({"params": params}, sv, tokens, mask, valid_BT=valid)
+  lp, n = losses.response_logprobs(logits, tokens, response)
+  return -jnp.sum(lp) / jnp.sum(n)
+
+
+def _heldout_batch(ctx, bench, n_stories: int, tokens: int) -> dict:
+  """The packed held-out continuations: stories no concept trains or evaluates on; made
+  once per job."""
   used = {i for e in bench.values() for i in e["train_stories"] + e["eval_stories"]}
-  stories = tinystories.load_stories(ctx.config.data_root or None)
-  held = [s for i, s in enumerate(stories) if i not in used and s.isascii()][:n_stories]
-  prompts, continuations = [], []
-  for story in held:
-    opening = tinystories.story_opening(story, tok)
-    if opening is not None:
-      prompts.append(opening["x_ids"])
-      continuations.append(tok.encode(story[len(opening["x_text"]):])[:tokens])
-  seq = {k: jnp.asarray(v) for k, v in pack(prompts, continuations, model.cfg.pad_id).items()}
-  mask = positions_mask(spec.positions, seq["prompt"], seq["valid"]) if spec else None
+  key = ("heldout", tuple(sorted(used)), n_stories, tokens)
+  if key not in ctx.memo:
+    stories = tinystories.load_stories(ctx.config.data_root or None)
+    held = [s for i, s in enumerate(stories) if i not in used and s.isascii()][:n_stories]
+    prompts, continuations = [], []
+    for story in held:
+      opening = tinystories.story_opening(story, ctx.tok)
+      if opening is not None:
+        prompts.append(opening["x_ids"])
+        continuations.append(ctx.tok.encode(story[len(opening["x_text"]):])[:tokens])
+    packed = pack(prompts, continuations, ctx.model.cfg.pad_id)
+    ctx.memo[key] = {k: jnp.asarray(packed[k]) for k in ("tokens", "valid", "prompt", "response")}
+  return ctx.memo[key]
 
-  @jax.jit
-  def nll(sv):
-    if sv is None:
-      logits = model.apply({"params": params}, seq["tokens"], valid_BT=seq["valid"])
-    else:
-      logits = steer(model.apply, spec)({"params": params}, sv, seq["tokens"], mask,
-                                        valid_BT=seq["valid"])
-    lp, n = losses.response_logprobs(logits, seq["tokens"], seq["response"])
-    return -jnp.sum(lp) / jnp.sum(n)
 
+def heldout_nll(ctx, bench, svs=None, spec=None, n_stories: int = 64, tokens: int = 64) -> float:
+  """Utility: mean per-token NLL of held-out story continuations with each concept's SV on,
+  averaged over the SVs; `svs=None` gives the unsteered model."""
+  seq = _heldout_batch(ctx, bench, n_stories, tokens)
+  nll = lambda sv: float(_mean_nll(ctx.model, spec if sv is not None else None, ctx.params,
+                                   sv, **seq))
   if svs is None:
-    return float(nll(None))
+    return nll(None)
   return float(np.mean([nll({k: jnp.asarray(v) for k, v in sv.items()})
                         for sv in svs.values()]))
 

@@ -23,19 +23,16 @@ from typing import List
 
 import ml_collections
 
-from steerjax import checkpoint, methods
+from steerjax import methods
 from steerjax.data import axbench as data
 from steerjax.data import released, sources
 from steerjax.eval import scoring
 from steerjax.jobs import axbench, common
 from steerjax.jobs.judges import cache_root
-from steerjax.train import train_concepts
 
-# config.search field -> the method key it sweeps
-AXES = {"beta": "beta", "lr_factor": "lr_factor", "lam": "lam", "lr_direction": "lr_direction",
-        "epochs": "epochs", "batch_size": "batch_size"}
-COLUMNS = ("point", "overall", "ci_low", "ci_high", "concept", "instruction", "fluency") + tuple(
-    AXES)
+# config.search fields: the method keys the grid sweeps
+AXES = ("beta", "lr_factor", "lam", "lr_direction", "epochs", "batch_size")
+COLUMNS = ("point", "overall", "ci_low", "ci_high", "concept", "instruction", "fluency") + AXES
 
 
 def _base(config):
@@ -48,14 +45,8 @@ def _base(config):
 
 def grid(config) -> List[dict]:
   """Every grid point: {method key: value}; an empty axis keeps the method's own value."""
-  base = dict(config.method_overrides[config.search.method])
-  own = {"beta": base.get("beta", config.sv.beta), "lr_factor": base.get("lr_factor",
-                                                                           config.optim.lr_factor),
-         "lam": base.get("lam", config.sv.lam),
-         "lr_direction": base.get("lr_direction", config.optim.lr_direction),
-         "epochs": base.get("epochs", config.train.epochs),
-         "batch_size": base.get("batch_size", config.train.batch_size)}
-  axes = [tuple(config.search[k]) or (own[k],) for k in AXES]
+  over = dict(config.method_overrides[config.search.method])
+  axes = [tuple(config.search[k]) or (methods.value(config, over, k),) for k in AXES]
   return [dict(zip(AXES, values)) for values in itertools.product(*axes)]
 
 
@@ -99,29 +90,17 @@ def _train_shape(run, points, workdir: str):
   """Train every (point, concept) row of one batch size and epoch count, stacked
   `train.concepts_per_step` rows to a step, each row with its point's init and rates;
   returns {point index: {concept name: SV}}. Finished rows are read back."""
-  ctx = run.ctx
   ms = {k: methods.from_config(_with_point(run.config, p), run.config.search.method)
         for k, p in points}
-  concepts = run.training_data(next(iter(ms.values())))
+  concepts = run.training_data(ms[points[0][0]])
   ids = [c.concept_id for c in run.bench.concepts]
-  path = lambda k, c: os.path.join(workdir, "svs", f"{_point_name(k)}_{c.name}.safetensors")
-  rows = [(k, c, c_id) for k, _ in points for c, c_id in zip(concepts, ids)
-          if not os.path.exists(path(k, c))]
-  per_step = max(1, run.config.train.concepts_per_step)
-  for start in range(0, len(rows), per_step):
-    chunk = rows[start:start + per_step]
-    first = ms[chunk[0][0]]
-    stacked = train_concepts(
-        ctx.model, ctx.params, first.spec, [c for _, c, _ in chunk], [i for *_, i in chunk],
-        first.step, first.run, os.path.join(workdir, "train", f"{start:05d}"), log=ctx.log,
-        metrics_path=os.path.join(workdir, "metrics.jsonl"),
-        tag=f"search rows {start}..{start + len(chunk) - 1} ", mesh=ctx.mesh, rules=ctx.rules,
-        row_runs=[ms[k].run for k, _, _ in chunk])
-    for i, (k, c, _) in enumerate(chunk):
-      sv = {"factor": stacked["factor"][i], "direction": stacked["direction"][i]}
-      checkpoint.save_sv(path(k, c), sv, common.sv_meta(ctx, ms[k], c.name, sv["factor"]))
-  return {k: {c.name: checkpoint.load_sv(path(k, c), ctx.model.cfg)[0] for c in concepts}
-          for k, _ in points}
+  rows = [(k, c, c_id) for k, _ in points for c, c_id in zip(concepts, ids)]
+  row_name = lambda k, c: f"{_point_name(k)}_{c.name}"
+  svs = common.train_svs(run.ctx, ms[points[0][0]],
+                         [dataclasses.replace(c, name=row_name(k, c)) for k, c, _ in rows],
+                         workdir, concept_ids=[i for *_, i in rows], tag="search ",
+                         row_methods=[ms[k] for k, _, _ in rows])
+  return {k: {c.name: svs[row_name(k, c)] for c in concepts} for k, _ in points}
 
 
 def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:

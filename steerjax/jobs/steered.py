@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 
@@ -58,8 +58,11 @@ def load_sv(svs_from: str, row: Row, concept, model_cfg) -> dict:
   return dict(sv, factor=np.asarray(sv["factor"]) * row.scale)
 
 
-def require_svs_from(svs_from: str, rows: List[Row], where: str) -> Optional[str]:
-  if any(r.needs_svs for r in rows) and not svs_from:
-    raise ValueError(f"{where}.svs_from is empty: point it at the workdir of the axbench run "
+def configured_rows(config, group: str) -> List[Row]:
+  """The rows of `config.<group>` (utility or attack), checked: SV rows need `svs_from`."""
+  options = config[group]
+  rows = parse_rows(config, options.rows)
+  if any(r.needs_svs for r in rows) and not options.svs_from:
+    raise ValueError(f"{group}.svs_from is empty: point it at the workdir of the axbench run "
                      "whose SVs the rows use")
-  return svs_from
+  return rows

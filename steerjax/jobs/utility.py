@@ -115,8 +115,7 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   u = config.utility
-  rows = steered.parse_rows(config, u.rows)
-  steered.require_svs_from(u.svs_from, rows, "utility")
+  rows = steered.configured_rows(config, "utility")
   with axbench.session(config, workdir, log, bundle, judge) as state:
     ctx = state.ctx
     concepts = _concepts(config, state.bench)
