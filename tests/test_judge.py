@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from steerjax.eval.judge import (CACHE_FILE, KINDS, PROMPTS, LocalJudge, OpenAIJudge,
-                                 ReplyCache, parse_rating, render_prompt, request_key,
+from steerjax.eval.judge import (CACHE_FILE, KINDS, PROMPTS, LocalJudge, MissingRatings,
+                                 OpenAIJudge, ReplyCache, parse_rating, render_prompt, request_key,
                                  retry_after_seconds)
 
 API_KEY = "sk-test-5f2c9a-never-stored"
@@ -174,6 +174,11 @@ def scores(result):
   return {f"{kind}_score": result[f"{kind}_score"] for kind in KINDS}
 
 
+def counts(stats):
+  return {k: v for k, v in stats.as_dict().items()
+          if k in ("cache_hits", "requests_sent", "retries", "failures", "parse_failures")}
+
+
 def cache_lines(cache_dir):
   with open(os.path.join(cache_dir, CACHE_FILE), encoding="utf-8") as f:
     return f.read().splitlines()
@@ -254,8 +259,10 @@ def test_normal_run(server, tmp_path):
     results = judge.rate(items)
   assert [scores(r) for r in results] == [expected(it) for it in items]
   assert all(r["ok"] for r in results)
-  assert judge.stats.as_dict() == dict(cache_hits=0, requests_sent=36, retries=0, failures=0,
-                                       parse_failures=0)
+  assert counts(judge.stats) == dict(cache_hits=0, requests_sent=36, retries=0, failures=0,
+                                     parse_failures=0)
+  # the fake server's usage is 1 prompt and 1 completion token per reply
+  assert judge.stats.prompt_tokens == judge.stats.completion_tokens == 36
   assert len(server.seen) == 36 and set(server.seen.values()) == {1}
   assert server.auth_headers == {f"Bearer {API_KEY}"}
   assert 2 <= server.max_inflight <= 4
@@ -268,11 +275,14 @@ def test_rerun_asks_nothing_new_and_never_stores_the_key(server, tmp_path):
   sent = sum(server.seen.values())
   # Another key and another client: the cache key must not depend on the API key.
   with make_judge(server, tmp_path, api_key="sk-other") as again:
+    before = again.stats.as_dict()
     second = again.rate(items)
+    assert again.stats.since(before)["cache_hits"] == 18
   assert second == first
   assert sum(server.seen.values()) == sent == 18
-  assert again.stats.as_dict() == dict(cache_hits=18, requests_sent=0, retries=0, failures=0,
-                                       parse_failures=0)
+  assert counts(again.stats) == dict(cache_hits=18, requests_sent=0, retries=0, failures=0,
+                                     parse_failures=0)
+  assert again.stats.prompt_tokens == 0    # a cache hit is not paid for
   lines = cache_lines(tmp_path)
   assert len(lines) == 18
   assert all(API_KEY not in line and "sk-other" not in line for line in lines)
@@ -333,13 +343,18 @@ def test_429_and_500_wait_for_retry_after(server, tmp_path):
       assert all(later - earlier >= 0.29 for earlier, later in zip(times, times[1:]))
 
 
-def test_exhausted_retries_rate_zero_uncached_and_rerun_asks_again(server, tmp_path):
+def test_exhausted_retries_raise_missing_uncached_and_rerun_asks_again(server, tmp_path):
   server.faults = {"<down>": ("500", None)}
   server.retry_after = "0.01"
   down, healthy = make_items(1, "<down>"), make_items(2, start=1)
   items = healthy[:1] + down + healthy[1:]
   with make_judge(server, tmp_path, max_retries=2) as judge:
-    results = judge.rate(items)
+    handle = judge.submit(items)
+    with pytest.raises(MissingRatings, match="3 of 9 judge requests failed") as missing:
+      handle.result()
+    assert missing.value.missing == 3 and missing.value.pending == 0
+    # The same replies, taken with zeros where the judge failed: nothing is asked again.
+    results = handle.result(allow_missing=True)
   assert scores(results[1]) == dict(concept_score=0, instruction_score=0, fluency_score=0)
   assert results[1]["ok"] is False
   assert [scores(results[0]), scores(results[2])] == [expected(it) for it in healthy]
