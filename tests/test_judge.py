@@ -240,6 +240,15 @@ def test_retry_after_seconds():
   assert retry_after_seconds({}) is None and retry_after_seconds(None) is None
 
 
+def test_parse_duration_reads_openai_reset_headers():
+  from steerjax.eval.judge_client import parse_duration
+  assert parse_duration("1s") == 1.0 and parse_duration("250ms") == 0.25
+  assert parse_duration("6m0s") == 360.0 and parse_duration("1h2m3.5s") == 3723.5
+  assert parse_duration("0.5") == 0.5
+  assert parse_duration("soon") is None and parse_duration("1s later") is None
+  assert parse_duration(None) is None
+
+
 def test_request_key_covers_the_whole_request():
   base = dict(model="m", messages=[{"role": "user", "content": "hi"}], temperature=0.01,
               max_tokens=500)

@@ -98,7 +98,7 @@ def test_the_in_flight_cap_and_the_pending_bound_hold(tmp_path):
 
 
 def test_rate_behind_overlaps_making_and_judging(tmp_path):
-  batches = [make_items(4, start=4 * k) for k in range(6)]
+  batches = [make_items(4, start=4 * k) for k in range(4)]
   make_s = 0.3
 
   def made():
@@ -115,9 +115,9 @@ def test_rate_behind_overlaps_making_and_judging(tmp_path):
       started = time.monotonic()
       overlapped = list(rate_behind(judge, made(), depth=1))
       wall = time.monotonic() - started
-  assert [tag for tag, _ in overlapped] == list(range(6))
+  assert [tag for tag, _ in overlapped] == list(range(4))
   assert [ratings for _, ratings in overlapped] == sequential
-  # Making alone takes 6 x 0.3 s and judging alone `judging` (about 6 x 0.33 s); overlapped
+  # Making alone takes 4 x 0.3 s and judging alone `judging` (about 4 x 0.33 s); overlapped
   # takes about the larger of the two, not their sum.
   making = len(batches) * make_s
   assert wall < 0.8 * (making + judging), (wall, making, judging)
@@ -189,5 +189,7 @@ def test_cost_and_time_estimates():
   assert t["seconds"] == t["in_flight"] == pytest.approx(125.0)
   line = judge_cost.usage_line(dict(stats, failures=0, requests_sent=7), prices)
   assert "$1.80" in line and "failed ratings: 0" in line
+  typical = judge_cost.typical_prompt_tokens(continuation_tokens=128)
+  assert 128 + 100 < typical < 128 + 600   # the templates are a few hundred tokens
   with pytest.raises(ValueError, match="output_per_m"):
     judge_cost.Prices(output_per_m=-1)

@@ -327,8 +327,8 @@ class OpenAIJudge(_Judge):
   called (`judge_batch.BatchQueue`: files of at most `batch_max_lines` / `batch_max_bytes`,
   state in the cache dir so a killed run resumes, failed lines retried for
   `batch_max_rounds` batches, then online when `batch_fallback="online"`). `batch_wait_s`
-  bounds how long a result waits for running batches (None: until they end; 0: submit and
-  raise `MissingRatings` naming what is pending, to collect in a later run).
+  bounds how long a result waits for running batches (None or negative: until they end; 0:
+  submit and raise `MissingRatings` naming what is pending, to collect in a later run).
 
   The API key comes from `api_key` or the environment variable `api_key_env`; it is
   neither logged nor cached.
@@ -361,7 +361,9 @@ class OpenAIJudge(_Judge):
     super().__init__(cache_dir, templates)
     self.base_url, self.model, self.name = base_url, model, model
     self.temperature, self.max_tokens = temperature, max_tokens
-    self.mode, self.batch_wait_s = mode, batch_wait_s
+    # a negative wait (a config's stand-in for None) waits until the batches end
+    self.mode = mode
+    self.batch_wait_s = None if batch_wait_s is not None and batch_wait_s < 0 else batch_wait_s
     self.log = log or log_info
     self._client = AsyncChat(base_url, api_key, self.stats, max_in_flight=concurrency,
                              max_retries=max_retries, timeout_s=timeout_s,

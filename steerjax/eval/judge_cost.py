@@ -72,6 +72,18 @@ def estimate_time(calls: int, prompt_tokens: float, max_tokens: float, rpm: floa
               tokens=by_tokens, in_flight=by_in_flight)
 
 
+def typical_prompt_tokens(templates=None, continuation_tokens: int = 128,
+                          chars_per_token: float = 4.0) -> float:
+  """Mean prompt tokens of a rating request: the three templates rendered around a
+  `continuation_tokens`-token text, at `chars_per_token` (about 4 for English)."""
+  from steerjax.eval.templates import KINDS, STEERJAX
+  templates = templates or STEERJAX
+  item = dict(concept="a short concept description", instruction="A one-line instruction.",
+              continuation="")
+  chars = sum(len(templates.render(kind, item)) for kind in KINDS) / len(KINDS)
+  return chars / chars_per_token + continuation_tokens
+
+
 def duration(seconds: float) -> str:
   """'45 s', '12 min', '3.4 h', '2.1 days'."""
   if seconds < 90:
