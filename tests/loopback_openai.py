@@ -11,7 +11,8 @@ describes them: buckets refilled continuously, sized `burst_s` seconds of the li
 entry in `batch_delays` (creation order; so later batches may finish first), lines whose
 prompt holds `batch_fail_marker` fail on their first batch, batches whose index is in
 `expire_batches` expire with half their lines done, and uploads over `max_file_lines` /
-`max_file_bytes` are refused. While `hold` is clear no batch finishes.
+`max_file_bytes` are refused. While `hold` is clear no batch finishes; the next
+`failing_polls` polls of a batch are answered 500.
 
 Every successful answer is counted in `paid` (by prompt hash), so a test can check that each
 request was paid for exactly once.
@@ -113,6 +114,7 @@ class LoopbackOpenAI:
     self.uploads = 0
     self.batches_created = 0
     self.failed_once = set()                # prompt hashes already failed in a batch
+    self.failing_polls = 0                  # next polls of a batch answered 500
     self.hold = threading.Event()
     self.hold.set()
     self.lifetime_s = lifetime_s
@@ -354,6 +356,10 @@ class _Handler(BaseHTTPRequestHandler):
     if match and match.group(1) in state.files:
       return self._send(200, state._file_object(match.group(1)))
     match = re.fullmatch(r"/v1/batches/([\w-]+)", path)
+    if match and match.group(1) in state.batches and state.failing_polls > 0:
+      with state.lock:
+        state.failing_polls -= 1
+      return self._send(500, {"error": {"message": "try later"}})
     if match and match.group(1) in state.batches:
       return self._send(200, state._batch_object(match.group(1)))
     if path == "/v1/batches":

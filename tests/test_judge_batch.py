@@ -186,6 +186,23 @@ def test_an_upload_whose_batch_was_not_recorded_is_not_submitted_again(tmp_path)
     assert server.uploads == 1 and server.batches_created == 1
 
 
+def test_polling_survives_passing_errors_and_reports_lasting_ones(tmp_path):
+  import openai
+  items = make_items(3)
+  with LoopbackOpenAI(batch_delays=(0.1,)) as server:
+    server.failing_polls = 3
+    with batch_judge(server, tmp_path / "passing", max_retries=0) as judge:
+      results = judge.rate(items)
+    check_exact_and_paid_once(server, items, results)
+  with LoopbackOpenAI(batch_delays=(0.1,)) as server:
+    server.failing_polls = 10 ** 6
+    with batch_judge(server, tmp_path / "lasting", max_retries=0,
+                     batch_max_poll_errors=3) as judge:
+      with pytest.raises(openai.InternalServerError):
+        judge.rate(items)
+    assert server.batches_created == 1
+
+
 def test_batch_mode_needs_a_cache_dir():
   with pytest.raises(ValueError, match="cache_dir"):
     OpenAIJudge(base_url="http://127.0.0.1:9/v1", model="m", api_key="k", cache_dir=None,

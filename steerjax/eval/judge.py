@@ -344,7 +344,7 @@ class OpenAIJudge(_Judge):
                rate_limit_wait_s: float = 900.0, batch_max_lines: int = 50_000,
                batch_max_bytes: int = 200 * 2 ** 20, batch_poll_s: float = 30.0,
                batch_max_rounds: int = 3, batch_fallback: str = "online",
-               batch_wait_s: Optional[float] = None,
+               batch_wait_s: Optional[float] = None, batch_max_poll_errors: int = 20,
                log: Optional[Callable[[str], None]] = None):
     openai = _import_openai()
     api_key = api_key or os.environ.get(api_key_env)
@@ -383,7 +383,7 @@ class OpenAIJudge(_Judge):
           sync, cache_dir, self.stats, self._remember_reply,
           online=self._client.submit if batch_fallback == "online" else None,
           max_lines=batch_max_lines, max_bytes=batch_max_bytes, max_rounds=batch_max_rounds,
-          poll_s=batch_poll_s, log=self.log)
+          poll_s=batch_poll_s, max_poll_errors=batch_max_poll_errors, log=self.log)
 
   def __repr__(self):
     return f"OpenAIJudge(base_url={self.base_url!r}, model={self.model!r}, mode={self.mode!r})"

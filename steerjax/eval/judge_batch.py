@@ -13,7 +13,9 @@ Every upload and every created batch is written to an append-only state file bef
 run goes on, so a killed run resumes where it stopped: open batches are polled again, an
 uploaded file with no recorded batch gets the batch the server already has for it (found by
 its input file) or a new one, and nothing is uploaded or paid for twice. Merged batches are
-recorded last, after their replies are in the cache.
+recorded last, after their replies are in the cache. Polling survives passing errors; after
+`max_poll_errors` in a row, or a 401/403/404, every waiting request gets the error (a rerun
+resumes the batches).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from concurrent.futures import Future
 from typing import Callable, Dict, List, Optional
 
-from steerjax.eval.judge_client import Reply
+from steerjax.eval.judge_client import FATAL_STATUS, Reply
 
 STATE_FILE = "judge_batches.jsonl"
 MAX_LINES = 50_000
@@ -105,7 +107,8 @@ class BatchQueue:
   def __init__(self, client, state_dir: str, stats, on_reply: Callable[[str, Reply], None],
                online: Optional[Callable[[str, dict], Future]] = None,
                max_lines: int = MAX_LINES, max_bytes: int = MAX_BYTES, max_rounds: int = 3,
-               poll_s: float = 30.0, log: Callable[[str], None] = lambda s: None):
+               poll_s: float = 30.0, max_poll_errors: int = 20,
+               log: Callable[[str], None] = lambda s: None):
     if not 1 <= max_lines <= MAX_LINES or not 1 <= max_bytes <= MAX_BYTES:
       raise ValueError(f"batch file limits {max_lines} lines / {max_bytes} bytes: need 1.."
                        f"{MAX_LINES} lines and 1..{MAX_BYTES} bytes")
@@ -113,7 +116,7 @@ class BatchQueue:
       raise ValueError(f"need batch max_rounds >= 1 and poll_s > 0, got {max_rounds}, {poll_s}")
     self.client, self.stats, self.on_reply, self.online = client, stats, on_reply, online
     self.max_lines, self.max_bytes, self.max_rounds = max_lines, max_bytes, max_rounds
-    self.poll_s, self.log = poll_s, log
+    self.poll_s, self.max_poll_errors, self.log = poll_s, max_poll_errors, log
     self.state = StateLog(os.path.join(state_dir, STATE_FILE))
     self._lock = threading.RLock()
     self._waiters: Dict[str, _Waiter] = {}
@@ -226,23 +229,34 @@ class BatchQueue:
       self._poller.start()
 
   def _poll_loop(self):
+    errors = 0
     while not self._stop.is_set():
       with self._lock:
         open_ids = list(self._open)
         if not open_ids:
           self._poller = None
           return
-      for batch_id in open_ids:
-        if self._stop.is_set():
+      try:
+        for batch_id in open_ids:
+          if self._stop.is_set():
+            return
+          batch = self.client.batches.retrieve(batch_id)
+          if batch.status in TERMINAL:
+            self._merge(batch)
+          else:
+            self._progress(batch)
+        with self._lock:
+          if self._buffer:
+            self.flush()   # failed lines of merged batches, retried in the next batch
+        errors = 0
+      except Exception as err:  # noqa: BLE001 -- the poller must not die with waiters left
+        errors += 1
+        status = getattr(err, "status_code", None)
+        self.log(f"judge batches: polling failed ({type(err).__name__}"
+                 f"{f' HTTP {status}' if status else ''}), attempt {errors}")
+        if status in FATAL_STATUS or errors > self.max_poll_errors:
+          self._fail_all(err)
           return
-        batch = self.client.batches.retrieve(batch_id)
-        if batch.status in TERMINAL:
-          self._merge(batch)
-        else:
-          self._progress(batch)
-      with self._lock:
-        if self._buffer:
-          self.flush()   # failed lines of merged batches, retried in the next batch
       self._stop.wait(self.poll_s)
 
   def _progress(self, batch):
@@ -295,6 +309,15 @@ class BatchQueue:
       self._open.pop(batch.id, None)
       self.state.append(dict(event="merged", batch_id=batch.id, status=batch.status))
     self.stats.add("batch_failed_lines", failed)
+
+  def _fail_all(self, err: BaseException):
+    """Hand `err` to everyone waiting and stop; the state file keeps the open batches."""
+    with self._lock:
+      waiters, self._waiters = self._waiters, {}
+      self._poller = None
+    for waiter in waiters.values():
+      if not waiter.future.done():
+        waiter.future.set_exception(err)
 
   def _resolve(self, key: str, reply: Optional[Reply]):
     with self._lock:
