@@ -100,6 +100,7 @@ class LoopbackOpenAI:
     self.requests = Bucket(rpm, burst_s) if rpm else None
     self.tokens = Bucket(tpm, burst_s) if tpm else None
     self.arrivals: List[float] = []         # times of requests answered 200
+    self.charges: List[int] = []            # tokens each of them was charged
     self.rejected = 0                       # requests answered 429
     self.paid = Counter()                   # prompt hash -> successful answers
     self.auth_headers = set()
@@ -202,6 +203,7 @@ class LoopbackOpenAI:
       self.in_flight += 1
       self.max_in_flight = max(self.max_in_flight, self.in_flight)
       self.arrivals.append(time.monotonic())
+      self.charges.append(charge)
       delay = self.rng.uniform(*self.latency_s)
     try:
       time.sleep(delay)
@@ -215,6 +217,12 @@ class LoopbackOpenAI:
     if len(self.arrivals) < 2:
       return 0.0
     return (len(self.arrivals) - 1) / (self.arrivals[-1] - self.arrivals[0]) * 60.0
+
+  def tokens_per_minute(self) -> float:
+    """Tokens charged per minute between the first and the last answered arrival."""
+    if len(self.arrivals) < 2:
+      return 0.0
+    return sum(self.charges[1:]) / (self.arrivals[-1] - self.arrivals[0]) * 60.0
 
   # ---- files and batches
 
