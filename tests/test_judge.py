@@ -359,7 +359,7 @@ def test_exhausted_retries_raise_missing_uncached_and_rerun_asks_again(server, t
   items = healthy[:1] + down + healthy[1:]
   with make_judge(server, tmp_path, max_retries=2) as judge:
     handle = judge.submit(items)
-    with pytest.raises(MissingRatings, match="3 of 9 judge requests failed") as missing:
+    with pytest.raises(MissingRatings, match="3 of 9 judge requests have no reply: 3 failed after all retries") as missing:
       handle.result()
     assert missing.value.missing == 3 and missing.value.pending == 0
     # The same replies, taken with zeros where the judge failed: nothing is asked again.

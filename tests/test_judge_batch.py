@@ -115,7 +115,7 @@ def test_submit_now_collect_later(tmp_path):
   items = make_items(4)
   with LoopbackOpenAI(batch_delays=(0.3,)) as server:
     with batch_judge(server, tmp_path, batch_wait_s=0) as judge:
-      with pytest.raises(MissingRatings, match="12 of 12 judge requests are still in running"):
+      with pytest.raises(MissingRatings, match="12 of 12 judge requests have no reply: 12 are still pending in running batches"):
         judge.rate(items)
     time.sleep(0.4)
     with batch_judge(server, tmp_path) as judge:

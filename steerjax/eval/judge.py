@@ -92,12 +92,14 @@ class MissingRatings(RuntimeError):
 
   def __init__(self, missing: int, total: int, pending: int = 0):
     self.missing, self.total, self.pending = missing, total, pending
+    failed, parts = missing - pending, []
+    if failed:
+      parts.append(f"{failed} failed after all retries (the replies that arrived are cached; "
+                   f"rerun to ask only the missing ones)")
     if pending:
-      why = (f"{pending} of {total} judge requests are still in running batches; rerun later "
-             f"to collect them (nothing is submitted twice)")
-    else:
-      why = (f"{missing} of {total} judge requests failed after all retries; the replies that "
-             f"arrived are cached, rerun to ask only the missing ones")
+      parts.append(f"{pending} are still pending in running batches or in flight (rerun "
+                   f"later to collect them; nothing is submitted twice)")
+    why = f"{missing} of {total} judge requests have no reply: " + "; ".join(parts)
     super().__init__(why)
 
 
