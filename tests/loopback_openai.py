@@ -124,8 +124,7 @@ class LoopbackOpenAI:
   # ---- serving
 
   def __enter__(self):
-    self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    self.httpd.daemon_threads = True
+    self.httpd = _Server(("127.0.0.1", 0), _Handler)
     self.httpd.state = self
     self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
     self.thread = threading.Thread(target=self.httpd.serve_forever,
@@ -323,6 +322,13 @@ class LoopbackOpenAI:
         b.update(status="expired", expired_at=now)
       else:
         b.update(status="completed", finalizing_at=now, completed_at=now)
+
+
+class _Server(ThreadingHTTPServer):
+  # The default listen backlog of 5 drops simultaneous connects, which then wait out a TCP
+  # retransmit (1 s).
+  request_queue_size = 1024
+  daemon_threads = True
 
 
 class _Handler(BaseHTTPRequestHandler):

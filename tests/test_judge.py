@@ -128,10 +128,16 @@ class Handler(BaseHTTPRequestHandler):
       pass  # the client gave up (timeout test)
 
 
+class Server(ThreadingHTTPServer):
+  # The default listen backlog of 5 drops simultaneous connects, which then wait out a TCP
+  # retransmit (1 s) and look like timeouts.
+  request_queue_size = 128
+
+
 @pytest.fixture
 def server():
   fake = FakeChatServer()
-  httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+  httpd = Server(("127.0.0.1", 0), Handler)
   httpd.fake = fake
   fake.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
   thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
