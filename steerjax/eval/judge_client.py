@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import email.utils
 import math
 import random
 import re
@@ -62,7 +63,6 @@ def parse_duration(text: Optional[str]) -> Optional[float]:
 
 def retry_after_seconds(headers: Optional[Mapping[str, str]]) -> Optional[float]:
   """Seconds to wait from `retry-after-ms` or `Retry-After` (seconds or HTTP date)."""
-  import email.utils
   if not headers:
     return None
   headers = {str(k).lower(): v for k, v in headers.items()}
