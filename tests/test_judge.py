@@ -386,6 +386,36 @@ def test_exhausted_retries_raise_missing_uncached_and_rerun_asks_again(server, t
   assert [server.count(p) for p in prompts_of(down[0])] == [4, 4, 4]
 
 
+def test_rate_limits_are_waited_out_beyond_max_retries(server, tmp_path):
+  # A 429 is the normal state of a big run: it costs waiting, not one of the retries.
+  server.faults = {"<busy>": ("429", 6)}
+  server.retry_after = "0.02"
+  busy = make_items(1, "<busy>")
+  with make_judge(server, tmp_path, max_retries=1) as judge:
+    assert [scores(r) for r in judge.rate(busy)] == [expected(busy[0])]
+  assert [server.count(p) for p in prompts_of(busy[0])] == [7, 7, 7]
+  assert judge.stats.rate_limited == 18 and judge.stats.failures == 0
+
+  # ... up to rate_limit_wait_s of waiting; then the ratings are missing, not made up.
+  server.faults = {"<busy>": ("429", None)}
+  stuck = make_items(1, "<busy>", start=1)
+  with make_judge(server, tmp_path, rate_limit_wait_s=0.1) as judge:
+    with pytest.raises(MissingRatings, match="3 of 3 judge requests have no reply"):
+      judge.rate(stuck)
+  assert judge.stats.failures == 3
+
+
+def test_overlapping_submissions_pay_each_request_once(server, tmp_path):
+  server.delay_s = 0.1
+  items = make_items(5)
+  with make_judge(server, tmp_path) as judge:
+    first, second = judge.submit(items), judge.submit(items[2:] + make_items(2, start=5))
+    assert [scores(r) for r in first.result()] == [expected(it) for it in items]
+    assert [scores(r) for r in second.result()] == [
+        expected(it) for it in items[2:] + make_items(2, start=5)]
+  assert len(server.seen) == 21 and set(server.seen.values()) == {1}
+
+
 def test_malformed_replies_rate_zero_and_are_counted(server, tmp_path):
   server.faults = {"<mumble>": ("malformed", None)}
   mumble, healthy = make_items(1, "<mumble>"), make_items(2, start=1)
