@@ -48,8 +48,8 @@ def check_exact_and_paid_once(server, items, results):
 
 
 def test_requests_per_minute_limit_is_met_without_a_429_storm(tmp_path):
-  rpm = 9000
-  items = make_items(150)               # 450 requests, about 3 s at 150 requests/s
+  rpm = 4000
+  items = make_items(80)                # 240 requests, about 4 s at 63 requests/s
   with LoopbackOpenAI(rpm=rpm, tpm=10 ** 9, latency_s=(0.2, 0.5)) as server:
     with judge_for(server, tmp_path) as judge:
       results = judge.rate(items)
