@@ -318,9 +318,7 @@ def maybe_initialize_distributed(config) -> bool:
 def from_config(config):
   """(mesh, rules) from `config.mesh`, or (None, None) when `config.mesh.shape` is empty
   (one device, no mesh). Starts the multi-host runtime first when configured."""
-  mesh_cfg = config.get("mesh")
-  if mesh_cfg is None:
-    return None, None
+  mesh_cfg = config.mesh
   distributed = maybe_initialize_distributed(config)
   if not mesh_cfg.shape:
     if distributed:

@@ -25,6 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence
 
+from steerjax import paths
 from steerjax.eval.templates import (KINDS, MAX_RATING, PROMPTS, STEERJAX,  # noqa: F401
                                      Templates, parse_rating, render_prompt)
 from steerjax.store import JsonlStore as ReplyCache
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 CACHE_FILE = "judge_cache.jsonl"
 # A wrong key, endpoint or model: every request would fail alike, so stop at once.
 FATAL_STATUS = (401, 403, 404)
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "steerjax", "judge")
+DEFAULT_CACHE_DIR = os.path.join(paths.DEFAULT_CACHE_ROOT, "judge")
 
 def request_key(request: Mapping, template: str = "") -> str:
   """sha256 of the request (model, messages, temperature, max_tokens) and, for ratings, the
@@ -68,12 +69,15 @@ class JudgeStats:
 class Judge(Protocol):
   """What every judge offers (OpenAIJudge, LocalJudge, OfflineJudge): `rate(items)` with
   items {"concept", "instruction", "continuation"} -> per item {"concept_score",
-  "instruction_score", "fluency_score", "ok"}; `stats`; `name` (identifies it in caches);
-  `close()`."""
+  "instruction_score", "fluency_score", "ok"}; `ask(prompts)` -> replies, for the texts a
+  run has the judge write (neutral responses, steering and suppression prompts); `stats`;
+  `name` (identifies it in caches); `close()`."""
   name: str
   stats: JudgeStats
 
   def rate(self, items: Sequence[Mapping[str, str]]) -> List[dict]: ...
+
+  def ask(self, prompts: Sequence[str]) -> List[str]: ...
 
   def close(self): ...
 

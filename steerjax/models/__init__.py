@@ -2,9 +2,9 @@
 
 from steerjax.models.config import ModelConfig
 from steerjax.models.decoder import Decoder, init_cache, SITE_METHOD, block_name
-from steerjax.models.loading import LoadError, load
-from steerjax.models.tokenizer import Tokenizer, load_tokenizer
+from steerjax.models.loading import DTYPES, LoadError, load
+from steerjax.models.tokenizer import Tokenizer, load_tokenizer, stop_ids
 from steerjax.models.presets import PRESETS, preset
 
-__all__ = ["ModelConfig", "Decoder", "init_cache", "SITE_METHOD", "block_name", "LoadError",
-           "load", "Tokenizer", "load_tokenizer", "PRESETS", "preset"]
+__all__ = ["ModelConfig", "Decoder", "init_cache", "SITE_METHOD", "block_name", "DTYPES",
+           "LoadError", "load", "Tokenizer", "load_tokenizer", "stop_ids", "PRESETS", "preset"]

@@ -20,6 +20,9 @@ from steerjax import paths
 from steerjax.models.config import ModelConfig
 from steerjax.models.decoder import Decoder, block_name
 
+# `model.dtype` names; SVs always stay float32.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 # Short names for the checkpoints that live in the data root or on the hub.
 ALIASES = {
     "stories260K": ("karpathy/tinyllamas", "stories260K/stories260K.bin"),

@@ -29,7 +29,18 @@ class Tokenizer:
 
   @property
   def has_chat_template(self) -> bool:
-    return self.kind == "hf" and bool(getattr(self._tok, "chat_template", None))
+    return bool(self.chat_template)
+
+  @property
+  def chat_template(self) -> str:
+    """The chat template's source ('' when the tokenizer has none)."""
+    return (getattr(self._tok, "chat_template", None) or "") if self.kind == "hf" else ""
+
+  def special_token_id(self, text: str) -> Optional[int]:
+    """The id of `text` when it is one known token (e.g. "<end_of_turn>"), else None."""
+    found = self.encode(text)
+    unk = self._tok.unk_id() if self.kind == "sentencepiece" else self._tok.unk_token_id
+    return found[0] if len(found) == 1 and found[0] != unk else None
 
   @property
   def bos_text(self) -> str:
@@ -97,3 +108,14 @@ def load_tokenizer(path_or_id: str, data_root: Optional[str] = None) -> Tokenize
     return Tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=False), "hf")
   raise LoadError(f"{path}: expected a sentencepiece .model, a tokenizer.json, "
                   "a model directory or a llama2.c .bin")
+
+
+END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>")
+
+
+def stop_ids(model_cfg, tok: Tokenizer) -> tuple:
+  """The model's stop ids plus the tokenizer's EOS and end-of-turn token, if it has one."""
+  ids = set(model_cfg.stop_ids) | ({tok.eos_id} if tok.eos_id is not None else set())
+  if tok.kind == "hf":
+    ids |= {i for i in map(tok.special_token_id, END_OF_TURN) if i is not None}
+  return tuple(sorted(ids))
