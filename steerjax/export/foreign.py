@@ -177,6 +177,7 @@ def _intervention_type(folder: str, key: str) -> str:
   order = config.get("sorted_keys") or []
   kind = str(types[order.index(key)] if key in order and len(types) > order.index(key)
              else (types[0] if len(types) == 1 else ""))
+  kind = re.sub(r"^<class '(?:[\w.]*\.)?(\w+)'>$", r"\1", kind)   # the bare class name
   if re.search(r"(?i)reft|lora|rotat", kind):
     raise ValueError(f"{folder}: intervention {key} is {kind}, not an additive intervention")
   return kind
