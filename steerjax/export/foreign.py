@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from steerjax.export.formats import _imported
+from steerjax.export.formats import imported
 
 AXBENCH_POSITIONS = "all-bos"
 _PYVENE_KEY = re.compile(r"^layer_(\d+)_comp_(.+?)_unit_(.+)_nunit_(\d+)#(\d+)$")
@@ -47,6 +47,8 @@ def _tensor(path: str):
 
 def axbench_folder(folder: str) -> str:
   """The folder holding the weight files: `folder` or its `train/`."""
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"no AxBench folder at {folder}")
   train = os.path.join(folder, "train")
   return train if not _methods(folder) and os.path.isdir(train) else folder
 
@@ -77,8 +79,8 @@ def from_axbench(folder: str, concept, *, method: str = "", factor: float = 1.0,
   methods = _methods(folder)
   if not method:
     if len(methods) != 1:
-      raise ValueError(f"{folder}: weight files for {methods or 'no method'}; "
-                       "name one with --method")
+      raise ValueError(f"{folder}: <Method>_weight.pt files for {methods}; name one with "
+                       "--method" if methods else f"{folder} has no <Method>_weight.pt file")
     method = methods[0]
   if method not in methods:
     raise FileNotFoundError(f"{folder} has no {method}_weight.pt (found {methods})")
@@ -103,7 +105,7 @@ def from_axbench(folder: str, concept, *, method: str = "", factor: float = 1.0,
           "source": {"format": "AxBench", "path": folder, "method": method, "row": row,
                      "concept_id": info.get("concept_id", row), "steering_factor": factor,
                      "bias_in_factor": bias}}
-  return _imported(weight[row], factor + bias, meta, model_cfg, f"{folder}/{method}_weight.pt")
+  return imported(weight[row], factor + bias, meta, model_cfg, f"{folder}/{method}_weight.pt")
 
 
 def _row(rows: list, concept, n_rows: int, folder: str) -> int:
@@ -165,7 +167,7 @@ def from_pyvene(folder: str, *, key: str = "", positions: str = "all", factor: f
   meta = {"layer": layer, "op": "add", "positions": positions, "objective": "pyvene",
           "source": {"format": "pyvene", "path": folder, "key": key, "type": kind,
                      "parameter": vectors[0], "row": concept}}
-  return _imported(vector[concept], factor, meta, model_cfg, f"{folder}/intkey_{key}.bin")
+  return imported(vector[concept], factor, meta, model_cfg, f"{folder}/intkey_{key}.bin")
 
 
 def _intervention_type(folder: str, key: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -43,7 +44,7 @@ def check_target(sv: dict, meta: dict, model_cfg, where: str):
     checkpoint.check_compatible(meta, sv, model_cfg, where)
 
 
-def _imported(direction, factor: float, meta: dict, model_cfg, where: str):
+def imported(direction, factor: float, meta: dict, model_cfg, where: str):
   """(sv, meta) of an imported vector, checked against `model_cfg` when one is given."""
   direction = np.asarray(direction, np.float32)
   if direction.ndim != 1:
@@ -146,7 +147,7 @@ def from_control_vector(path: str, *, layer=None, model_cfg=None):
                       "model_hint": fields.get("controlvector.model_hint", "")})
   if header.get("positions", "all") != "all":   # llama.cpp steered every token
     meta["trained_positions"] = header["positions"]
-  return _imported(directions[layer] / factor, factor, meta, model_cfg, path)
+  return imported(directions[layer] / factor, factor, meta, model_cfg, path)
 
 
 # ---------------------------------------------------------------------------- EasySteer
@@ -211,7 +212,8 @@ def from_easysteer(json_path: str, *, model_cfg=None):
   meta.update(positions=_positions_of(request, json_path),
               source={"format": "EasySteer request", "path": json_path})
   scale = float(request.get("scale", 1.0))
-  return dict(sv, factor=np.float32(sv["factor"] * scale)), dict(meta, factor=meta["factor"] * scale)
+  sv["factor"] = np.float32(sv["factor"] * scale)
+  return sv, dict(meta, factor=meta["factor"] * scale)
 
 
 # ---------------------------------------------------------------------------- lm-eval
@@ -238,8 +240,6 @@ def to_lm_eval(sv: dict, meta: dict, path: str, *, lossy: bool = False, model_cf
 
 def from_lm_eval(path: str, *, layer=None, model_cfg=None):
   """(sv, meta) of one hook point of an lm-eval steer file (the only one, or `layer`)."""
-  import re
-
   import torch
   if not os.path.exists(path):
     raise FileNotFoundError(f"no lm-eval steer file at {path}")
@@ -267,4 +267,4 @@ def from_lm_eval(path: str, *, layer=None, model_cfg=None):
   factor = coefficient if action == "add" else coefficient / float(np.linalg.norm(direction))
   meta = {"layer": layer, "op": action, "positions": "all",
           "source": {"format": "lm-eval steered", "path": path, "hookpoint": f"layers.{layer}"}}
-  return _imported(direction, factor, meta, model_cfg, path)
+  return imported(direction, factor, meta, model_cfg, path)
