@@ -64,7 +64,8 @@ def resolve_sv(path: str) -> str:
   if os.path.exists(path):
     return path
   match = _HUB_SV.match(path) if not path.startswith((".", "/")) else None
-  if not match:
+  if not match or (not path.startswith("hf://") and os.path.isdir(os.path.dirname(path))):
+    # its folder exists here: a mistyped local file, not a hub name
     raise FileNotFoundError(f"no SV file at {path} (a hub SV is named org/repo/name)")
   dataset, repo_id, name = match.groups()
   filename = name if name.endswith(".safetensors") else name + ".safetensors"

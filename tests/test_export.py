@@ -221,9 +221,9 @@ def test_axbench_weights_import_and_steer_like_the_equivalent_sv(tiny, tmp_path,
   weight = torch.load(os.path.join(folder, "train", "PreferenceVector_weight.pt")).numpy()
   cli(["import", "axbench", folder, "-o", str(tmp_path / "svs"), "--concept", "all",
        "--factor", "4", "--model", directory], log=lambda _: 0)
-  assert sorted(os.listdir(tmp_path / "svs")) == ["dogs.safetensors", "legal_terms.safetensors",
-                                                  "the_color_red.safetensors"]
-  sv, meta = load_sv(str(tmp_path / "svs" / "the_color_red.safetensors"), model.cfg)
+  assert sorted(os.listdir(tmp_path / "svs")) == [f"000{i}.safetensors" for i in range(3)]
+  sv, meta = load_sv(str(tmp_path / "svs" / "0001.safetensors"), model.cfg)
+  assert meta["concept"] == "the color red"
   assert (meta["layer"], meta["positions"], meta["op"]) == (1, "all-bos", "add")
   assert meta["factor"] == 4.0
   assert meta["source"]["format"] == "AxBench" and meta["source"]["concept_id"] == 1
@@ -358,3 +358,10 @@ def test_hub_push_and_pull_against_a_local_stand_in(tiny, tmp_path, monkeypatch)
     load_sv("org/svs/dog")
   assert "\n" not in str(err.value)
   assert "downloading dog.safetensors from the hub model repo org/svs failed" in str(err.value)
+
+
+def test_a_missing_local_sv_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  os.makedirs("runs/x/svs")
+  with pytest.raises(FileNotFoundError, match="no SV file at runs/x/svs/dog.safetensors"):
+    load_sv("runs/x/svs/dog.safetensors")

@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("format", choices=("llamacpp", "easysteer", "lmeval", "axbench", "pyvene"))
   p.add_argument("src", help="file (llamacpp, lmeval), request JSON (easysteer) or folder")
   p.add_argument("-o", "--out", required=True,
-                 help="SV file; a folder for axbench --concept all")
+                 help="SV file; a folder for axbench --concept all (<concept_id>.safetensors)")
   p.add_argument("--layer", type=int, default=None, help="layer to take (multi-layer files)")
   p.add_argument("--concept", default="0", help="axbench: concept id, name or 'all'; "
                  "pyvene: weight row")
@@ -96,9 +96,11 @@ def _import(args, model_cfg, log):
                                       with_bias=args.with_bias, layer=args.layer,
                                       positions=args.positions or foreign.AXBENCH_POSITIONS, **kw)
       out = args.out
-      if args.concept == "all":
-        out = os.path.join(args.out, re.sub(r"[^A-Za-z0-9_.-]+", "_", meta["concept"])
-                           + ".safetensors")
+      if args.concept == "all":   # named as steerjax's AxBench jobs name a concept's SV
+        concept_id = meta["source"]["concept_id"]
+        name = (f"{concept_id:04d}" if isinstance(concept_id, int)
+                else re.sub(r"[^A-Za-z0-9_.-]+", "_", str(concept_id)))
+        out = os.path.join(args.out, name + ".safetensors")
       _save(out, sv, meta, args.model, log)
     return
   if args.format == "pyvene":
