@@ -173,12 +173,15 @@ def test_wrong_width_is_refused_at_export_and_import(tiny, tmp_path):
 
 # ---------------------------------------------------------------------------- round trips
 
-@pytest.mark.parametrize("fmt,positions,op", [
-    ("llamacpp", "all", "add"), ("easysteer", "f2+l2", "add"), ("easysteer", "all-bos", "add"),
-    ("easysteer", "prompt", "add"), ("lmeval", "all", "add"), ("lmeval", "all", "clamp")])
-def test_round_trip_gives_the_same_edit(tiny, tmp_path, steered_logits, fmt, positions, op):
+@pytest.mark.parametrize("fmt,layer,positions,op", [
+    ("llamacpp", 1, "all", "add"), ("easysteer", 1, "f2+l2", "add"),
+    ("easysteer", 0, "all-bos", "add"), ("easysteer", 1, "prompt", "add"),
+    ("lmeval", 0, "all", "add"), ("lmeval", 1, "all", "clamp")])
+def test_round_trip_gives_the_same_edit(tiny, tmp_path, steered_logits, fmt, layer, positions,
+                                        op):
   directory, model, _, _ = tiny
-  sv_path = _sv_file(tmp_path / "sv.safetensors", model, 1, positions=positions, op=op, seed=5)
+  sv_path = _sv_file(tmp_path / "sv.safetensors", model, layer, positions=positions, op=op,
+                     seed=5)
   sv, meta = load_sv(sv_path)
   out = str(tmp_path / ("sv" if fmt == "easysteer" else f"sv.{fmt}"))
   cli([fmt, sv_path, "-o", out], log=lambda _: 0)
@@ -186,7 +189,7 @@ def test_round_trip_gives_the_same_edit(tiny, tmp_path, steered_logits, fmt, pos
   cli(["import", fmt, out + ".json" if fmt == "easysteer" else out, "-o", back,
        "--model", directory], log=lambda _: 0)
   sv2, meta2 = load_sv(back, model.cfg)
-  assert (meta2["layer"], meta2["positions"], meta2["op"]) == (1, positions, op)
+  assert (meta2["layer"], meta2["positions"], meta2["op"]) == (layer, positions, op)
   assert meta2["source"]["format"]
   unsteered = steered_logits(dict(sv, factor=np.float32(0.0)), dict(meta, op="add"))
   want = steered_logits(sv, meta)

@@ -73,17 +73,18 @@ def _atomic(path: str, write):
 # ---------------------------------------------------------------------------- llama.cpp
 
 def to_control_vector(sv: dict, meta: dict, path: str, *, lossy: bool = False,
-                      model_cfg=None, model_hint: str = "") -> str:
+                      model_cfg=None, model_hint: str = "", first_layer: int = 1) -> str:
   """Write a llama.cpp control vector: one F32 tensor `direction.<layer>` holding
   factor * direction, added at every token. Only `op="add"` fits; an SV that edits some
-  positions only is refused unless `lossy`, and the file then records it."""
+  positions only is refused unless `lossy`, and the file then records it. `first_layer`:
+  1 for llama.cpp (it never steers block 0), 0 for readers that do (EasySteer)."""
   factor, direction = single(sv, meta, path)
   check_target(sv, meta, model_cfg, path)
   layer, op, positions = int(meta["layer"]), meta.get("op", "add"), meta.get("positions", "all")
   if op != "add":
     raise ValueError(f"{path}: op={op!r}, but a control vector can only be added; export "
                      "SVs with op='add'")
-  if layer < 1:
+  if layer < first_layer:
     raise ValueError(f"{path}: layer 0 cannot be exported: llama.cpp applies direction.N to "
                      "block N for N >= 1 only (its loader rejects direction.0)")
   if positions != "all" and not lossy:
@@ -111,7 +112,7 @@ def to_control_vector(sv: dict, meta: dict, path: str, *, lossy: bool = False,
   return _atomic(path, write)
 
 
-def read_gguf(path: str):
+def read_gguf(path: str, first_layer: int = 1):
   """({layer: vector}, {key: value}) of a control-vector GGUF file."""
   import gguf
   if not os.path.exists(path):
@@ -125,16 +126,17 @@ def read_gguf(path: str):
   directions = {}
   for tensor in reader.tensors:
     prefix, _, index = tensor.name.partition(".")
-    if prefix != "direction" or not index.isdigit() or int(index) == 0:
-      raise ValueError(f"{path}: tensor {tensor.name!r} is not direction.N with N >= 1")
+    if prefix != "direction" or not index.isdigit() or int(index) < first_layer:
+      raise ValueError(f"{path}: tensor {tensor.name!r} is not direction.N with N >= "
+                       f"{first_layer}")
     directions[int(index)] = np.array(tensor.data, np.float32).reshape(-1)
   return directions, fields
 
 
-def from_control_vector(path: str, *, layer=None, model_cfg=None):
+def from_control_vector(path: str, *, layer=None, model_cfg=None, first_layer: int = 1):
   """(sv, meta) of a control vector's `direction.<layer>` (the only one, or `layer`).
   A file steerjax wrote gets its factor and header back; any other has factor 1."""
-  directions, fields = read_gguf(path)
+  directions, fields = read_gguf(path, first_layer)
   if layer is None and len(directions) != 1:
     raise ValueError(f"{path} holds layers {sorted(directions)}; pick one with --layer")
   layer = int(layer if layer is not None else next(iter(directions)))
@@ -188,7 +190,7 @@ def to_easysteer(sv: dict, meta: dict, prefix: str, *, model_cfg=None, name: str
   fields of EasySteer's `SteerVectorRequest` that apply it at the SV's own positions
   (a PrOSV steers its prompt tokens only). Returns the two paths."""
   gguf_path, json_path = prefix + ".gguf", prefix + ".json"
-  to_control_vector(sv, meta, gguf_path, lossy=True, model_cfg=model_cfg)
+  to_control_vector(sv, meta, gguf_path, lossy=True, model_cfg=model_cfg, first_layer=0)
   request = {"steer_vector_name": name or os.path.basename(prefix), "steer_vector_int_id": 1,
              "steer_vector_local_path": os.path.basename(gguf_path), "scale": 1.0,
              "target_layers": [int(meta["layer"])], "algorithm": "direct", "normalize": False,
@@ -207,7 +209,8 @@ def from_easysteer(json_path: str, *, model_cfg=None):
   if len(layers) != 1:
     raise ValueError(f"{json_path}: target_layers={layers}; an SV edits exactly one layer")
   gguf_path = os.path.join(os.path.dirname(json_path), request["steer_vector_local_path"])
-  sv, meta = from_control_vector(gguf_path, layer=layers[0], model_cfg=model_cfg)
+  sv, meta = from_control_vector(gguf_path, layer=layers[0], model_cfg=model_cfg,
+                                 first_layer=0)
   meta.pop("trained_positions", None)
   meta.update(positions=_positions_of(request, json_path),
               source={"format": "EasySteer request", "path": json_path})
