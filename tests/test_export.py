@@ -342,6 +342,15 @@ def test_hub_push_and_pull_against_a_local_stand_in(tiny, tmp_path, monkeypatch)
   assert "| fssv_lang | 0 | dog | 2.5 | 1.5 | 1.25 |" in card
   assert 'load_sv("datasets/org/svs/cat")' in card
 
+  class Offline(FakeHub):
+    def create_repo(self, *args, **kwargs):
+      raise RuntimeError("Name or service not known\nmore detail")
+
+  with pytest.raises(ConnectionError, match="^pushing to the hub model repo org/svs failed "
+                     r"\(RuntimeError: Name or service not known\); check") as err:
+    export.push(str(folder), "org/svs", api=Offline(str(tmp_path / "hub")), log=lambda _: 0)
+  assert "\n" not in str(err.value)
+
   server = _serve(str(tmp_path / "hub"))
   monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
   monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))

@@ -148,7 +148,7 @@ def run(argv=None, log=print):
 def main(argv=None):
   try:
     run(argv)
-  except (ValueError, FileNotFoundError) as err:   # bad input: one line, no traceback
+  except (ValueError, OSError) as err:   # bad input, missing file, no hub: one line
     if os.environ.get("STEERJAX_TRACEBACK"):
       raise
     sys.exit(f"error: {err}")

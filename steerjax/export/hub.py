@@ -103,8 +103,14 @@ def push(folder: str, repo_id: str, *, repo_type: str = "model", results: str = 
       shutil.copy2(results, staging)
     with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
       f.write(model_card(repo_id, headers, rows, repo_type))
-    url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=staging, repo_type=repo_type,
-                      commit_message=f"steerjax: {len(files)} steering vector(s)")
+    try:
+      url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+      api.upload_folder(repo_id=repo_id, folder_path=staging, repo_type=repo_type,
+                        commit_message=f"steerjax: {len(files)} steering vector(s)")
+    except Exception as err:  # offline, no token, no rights: one line, no traceback
+      reason = (str(err).strip().splitlines() or [""])[0]
+      raise ConnectionError(f"pushing to the hub {repo_type} repo {repo_id} failed "
+                            f"({type(err).__name__}: {reason}); check the connection and "
+                            "the token (huggingface-cli login or HF_TOKEN)") from None
   log(f"pushed {len(files)} SV(s) to {repo_type} repo {repo_id}")
   return str(url)
