@@ -11,7 +11,6 @@ import threading
 
 import gguf
 import huggingface_hub
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
