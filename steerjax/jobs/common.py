@@ -56,7 +56,8 @@ def load_model(config):
     model = model.clone(remat=True)
   if config.model.get("vocab_chunk"):
     model = model.clone(vocab_chunk=int(config.model.vocab_chunk))
-  tok = load_tokenizer(config.model.tokenizer or config.model.path, data_root=root)
+  tok = load_tokenizer(config.model.tokenizer or config.model.path, data_root=root,
+                       thinking=bool(config.model.get("thinking", False)))
   return model, params, tok
 
 
