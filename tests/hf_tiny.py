@@ -88,8 +88,7 @@ def gemma3_multimodal():
                                            image_size=28, patch_size=14)
   cfg = transformers.Gemma3Config(text_config=_gemma3_text(), vision_config=vision,
                                   mm_tokens_per_image=4, boi_token_index=VOCAB - 3,
-                                  eoi_token_index=VOCAB - 2, image_token_index=VOCAB + 1,
-                                  eos_token_id=[2, 5])
+                                  eoi_token_index=VOCAB - 2, image_token_index=VOCAB + 1)
   cfg._attn_implementation = "eager"
   return cfg
 
