@@ -160,6 +160,13 @@ def _sv(width, factor=8.0):
   return {"factor": jnp.float32(factor), "direction": sv["direction"]}
 
 
+DECODE_STEPS = 10
+
+
+def decode_prompts():
+  return [random_tokens((n,), seed=20 + n).tolist() for n in (6, 11, 3)]
+
+
 def right_fill(rows, seed=2):
   """[BATCH, SEQ] ids: each row's tokens first, then random ids that causal attention ignores."""
   out = random_tokens((BATCH, SEQ), seed)
@@ -172,10 +179,9 @@ def right_fill(rows, seed=2):
 def test_cached_greedy_decoding_equals_teacher_forced_forwards(tiny, positions):
   """Every step of left-padded cached greedy decoding, unsteered, PrOSV (prompt ends) and
   FSSV (every token), equals the full forward over prompt + generated tokens."""
-  steps = 10
-  prompts = [random_tokens((n,), seed=20 + n).tolist() for n in (6, 11, 3)]
+  prompts, steps = decode_prompts(), DECODE_STEPS
   assert tiny.model.cfg.sliding_window < min(map(len, prompts)) + steps
-  spec = None if positions is None else SteerSpec(1, positions)
+  spec = None if positions is None else SteerSpec(0, positions)
   sv = None if spec is None else _sv(tiny.model.cfg.dim)
   generated, step_logits = generate(tiny.model, tiny.params, prompts, max_new_tokens=steps,
                                     sv=sv, spec=spec, return_logits=True, stop_ids=())
@@ -322,12 +328,13 @@ def test_prosv_trains_and_generates_through_the_train_job(name, checkpoints, job
   assert meta["positions"] == "f2+l2" and meta["layer"] == 0
   spec = SteerSpec(meta["layer"], meta["positions"], meta["op"])
   sv = {"factor": jnp.float32(sv["factor"]), "direction": jnp.asarray(sv["direction"])}
-  prompt = [[1, 30, 31, 32, 33]]
-  steered, steered_logits = generate(model, params, prompt, max_new_tokens=8, sv=sv, spec=spec,
-                                     return_logits=True, stop_ids=())
-  _, plain_logits = generate(model, params, prompt, max_new_tokens=8, return_logits=True,
-                             stop_ids=())
-  assert len(steered[0]) == 8
+  # the decoding tests' shapes, so their compiled prefill and decode are reused
+  prompts = decode_prompts()
+  steered, steered_logits = generate(model, params, prompts, max_new_tokens=DECODE_STEPS,
+                                     sv=sv, spec=spec, return_logits=True, stop_ids=())
+  _, plain_logits = generate(model, params, prompts, max_new_tokens=DECODE_STEPS,
+                             return_logits=True, stop_ids=())
+  assert [len(g) for g in steered] == [DECODE_STEPS] * len(prompts)
   assert max_abs_diff(steered_logits[0][0], plain_logits[0][0]) > 1e-3
 
 

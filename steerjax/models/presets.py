@@ -57,7 +57,11 @@ PRESETS = {
         tie_embeddings=False, bos_id=1, stop_ids=(2,), pad_id=0),
 }
 PUBLISHED_PARAMS = {"gemma-2-2b": 2_614_341_888, "gemma-2-9b": 9_241_705_984,
-                    "qwen2.5-32b": 32_763_876_352, "llama-3-8b": 8_030_261_248}
+                    "qwen2.5-32b": 32_763_876_352, "llama-3-8b": 8_030_261_248,
+                    # transformers' count for the published config (tests/test_families.py);
+                    # the 4B's is its language model's, without the vision tower
+                    "gemma-3-1b": 999_885_952, "gemma-3-4b": 3_880_263_168,
+                    "qwen3-8b": 8_190_735_360, "mistral-7b": 7_248_023_552}
 
 
 def preset(name: str) -> ModelConfig:
