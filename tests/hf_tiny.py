@@ -5,7 +5,7 @@ Each spec builds a transformers config small enough to run in milliseconds, yet 
 family switch exercised: MHA / GQA / MQA, tied and untied embeddings, llama3 RoPE scaling
 with a short original context, Qwen2 qkv biases, Gemma-2 sliding window and softcaps,
 Gemma-3 q/k norms and RoPE per layer type (also inside a multimodal checkpoint), Qwen3 q/k
-norms with an explicit head_dim, Mistral's window on every layer.
+norms with an explicit head_dim, Mistral's window on every layer (Ministral's per layer).
 Weights are redrawn at a scale that gives O(1) attention and output logits, and norm
 weights are drawn away from their init so a `w` vs `(1 + w)` mix-up changes the output.
 """
@@ -106,11 +106,17 @@ def mistral_gqa():
   return transformers.MistralConfig(**_common(HEADS // 2, False), sliding_window=5)
 
 
+def ministral_gqa():
+  """Ministral: Mistral with the window (5) only where layer_types says so (layer 0)."""
+  return transformers.MinistralConfig(**_common(HEADS // 2, False), sliding_window=5,
+                                      layer_types=["sliding_attention", "full_attention"])
+
+
 SPECS = {"llama_mha": llama_mha, "llama3_gqa": llama3_gqa, "qwen2_mqa": qwen2_mqa,
          "gemma2_gqa": gemma2_gqa}
 # The families added after the paper's, tested in test_families.py.
 NEW_SPECS = {"gemma3_gqa": gemma3_gqa, "gemma3_multimodal": gemma3_multimodal,
-             "qwen3_gqa": qwen3_gqa, "mistral_gqa": mistral_gqa}
+             "qwen3_gqa": qwen3_gqa, "mistral_gqa": mistral_gqa, "ministral_gqa": ministral_gqa}
 
 
 def randomize_(model: torch.nn.Module, seed: int) -> None:

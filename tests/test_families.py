@@ -153,6 +153,19 @@ def test_prefix_cache_slice_equals_the_full_forward(tiny):
   assert max_abs_diff(np.asarray(rest)[valid], full[valid]) <= FP32_ATOL
 
 
+def test_ministral_maps_its_layer_types_and_matches_transformers(tmp_path):
+  """Ministral is Mistral with per-layer windows: only the decoder forward differs."""
+  import hf_tiny
+  torch_model = hf_tiny.build("ministral_gqa", str(tmp_path), seed=3)
+  model, params = load(str(tmp_path))
+  assert (model.cfg.family, model.cfg.sliding_layers, model.cfg.sliding_window) == (
+      "mistral", (0,), 5)
+  tokens = random_tokens((BATCH, SEQ))
+  ref = hf_tiny.torch_logits(torch_model, tokens)
+  assert ref.std() > 0.5
+  assert max_abs_diff(forward(model, params, tokens), ref) <= FP32_ATOL
+
+
 # ---------------------------------------------------------------------------- decoding
 
 def _sv(width, factor=8.0):
