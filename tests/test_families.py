@@ -368,6 +368,26 @@ def test_qwen3_thinking_is_off_by_default_and_settable(checkpoints):
                                                                       "content": "a"}])
 
 
+def test_lm_eval_model_scores_a_new_family_loaded_by_path(checkpoints):
+  """The lm-eval model loads Qwen3 by directory with thinking off unless asked, and its
+  log-likelihood equals a plain forward's."""
+  from lm_eval.api.instance import Instance
+  from steerjax.eval.lm_eval_model import SteerjaxLM
+  directory = checkpoints["qwen3_gqa"][0]
+  word_tokenizer(directory, QWEN_THINK_TEMPLATE)
+  lm = SteerjaxLM(model=directory, batch_size=2)
+  chat = [{"role": "user", "content": "Once upon a time"}]
+  assert "<think> </think>" in lm.apply_chat_template(chat)
+  thinking = SteerjaxLM(model=directory, batch_size=2, thinking=True)
+  assert "<think>" not in thinking.apply_chat_template(chat)
+  context, continuation = "Once upon a time,", " The dog ran to the park."
+  (got, _), = lm.loglikelihood([Instance("loglikelihood", {}, (context, continuation), 0)])
+  ids, cont = [lm.tok.bos_id] + lm.tok.encode(context), lm.tok.encode(continuation)
+  logits = forward(lm.model, lm.params, np.asarray([ids + cont]))[0]
+  logp = jax.nn.log_softmax(logits[len(ids) - 1:-1], axis=-1)
+  assert got == pytest.approx(float(sum(logp[j, t] for j, t in enumerate(cont))), abs=1e-4)
+
+
 # ---------------------------------------------------------------------------- published configs
 
 # config.json values of the published checkpoints (the fields that shape the text decoder).
