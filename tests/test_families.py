@@ -153,6 +153,26 @@ def test_prefix_cache_slice_equals_the_full_forward(tiny):
   assert max_abs_diff(np.asarray(rest)[valid], full[valid]) <= FP32_ATOL
 
 
+def test_multimodal_weights_load_from_either_prefix(checkpoints, tmp_path):
+  """A Gemma-3 checkpoint written from transformers' module tree (`model.language_model.*`,
+  `model.vision_tower.*`) loads the same language model as the hub layout."""
+  import shutil
+  from safetensors.numpy import load_file, save_file
+  directory = checkpoints["gemma3_multimodal"][0]
+  tensors = load_file(os.path.join(directory, "model.safetensors"))
+  assert any(k.startswith("language_model.model.") for k in tensors)
+  assert any(k.startswith("vision_tower.") for k in tensors)
+  renamed = {k.replace("language_model.model.", "model.language_model.")
+              .replace("vision_tower.", "model.vision_tower."): v for k, v in tensors.items()}
+  shutil.copy(os.path.join(directory, "config.json"), tmp_path / "config.json")
+  save_file(renamed, str(tmp_path / "model.safetensors"))
+  _, want = load(directory)
+  _, got = load(str(tmp_path))
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_ministral_maps_its_layer_types_and_matches_transformers(tmp_path):
   """Ministral is Mistral with per-layer windows: only the decoder forward differs."""
   import hf_tiny
@@ -226,7 +246,8 @@ def test_sharded_forward_equals_one_device(checkpoints):
   out = subprocess.run([sys.executable, os.path.abspath(__file__), *dirs], env=env, cwd=repo,
                        capture_output=True, text=True, timeout=300)
   lines = [line for line in out.stdout.splitlines() if line.startswith(("ok ", "FAIL "))]
-  assert len(lines) == len(dirs), f"exit {out.returncode}:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
+  assert len(lines) == len(dirs), (f"exit {out.returncode}:\n{out.stdout[-3000:]}"
+                                   f"{out.stderr[-3000:]}")
   assert all(line.startswith("ok ") for line in lines), "\n".join(lines)
 
 

@@ -38,7 +38,7 @@ class ModelConfig:
   local_rope_theta: Optional[float] = None
   tie_embeddings: bool = True
   qkv_bias: bool = False            # Qwen2
-  qk_norm: bool = False             # RMSNorm over each query / key head before RoPE (Qwen3, Gemma-3)
+  qk_norm: bool = False             # RMSNorm of each query / key head before RoPE (Qwen3, Gemma-3)
   activation: str = "silu"          # "silu" or "gelu_tanh" (Gemma-2)
   # Gemma-2 / Gemma-3 switches.
   embed_scale: bool = False         # multiply embeddings by sqrt(dim)

@@ -48,7 +48,7 @@ class RMSNorm(nn.Module):
     w = _param(self, "scale", init, (x.shape[-1],), (self.axis,), self.dtype)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.norm_eps)
-    if self.cfg.norm_plus_one:  # Gemma-2 keeps the whole norm in fp32
+    if self.cfg.norm_plus_one:  # Gemma keeps the whole norm in fp32
       return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
     return w * y.astype(x.dtype)
 

@@ -353,9 +353,10 @@ def _load_bf16(path):
   return out
 
 
-# Where multimodal checkpoints keep their language model: the hub's files and transformers'
-# own save_pretrained name it differently. Tensors under any other prefix are the other
-# modalities' (vision tower, projector) and are dropped.
+# Where multimodal checkpoints keep their language model: `language_model.model.*` in the
+# hub's files (and transformers' save_pretrained), `model.language_model.*` in transformers'
+# module tree (checkpoints written from its state dict). Tensors under any other prefix are
+# the other modalities' (vision tower, projector) and are dropped.
 _TEXT_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
                   ("model.language_model.", "model."), ("lm_head.", "lm_head."))
 
