@@ -26,6 +26,7 @@ def get_config(arg=None):
       tokenizer="",                 # '' = next to the model
       dtype="float32",              # float32 | bfloat16 (SVs always stay float32)
       remat=False,                  # recompute block activations in the backward pass
+      thinking=False,               # chat templates with a thinking switch (Qwen3): on or off
       vocab_chunk=0,                # > 0: the loss's softmax over this many vocabulary rows at
                                     #   a time, recomputed in the backward pass (big vocabularies)
   ))

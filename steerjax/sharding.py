@@ -9,8 +9,9 @@ and one -1 takes the rest):
   concept  stacked SVs [C, D], their optimizer moments and their examples' rows
 
 Logical axes name the dims of params (decoder.py: vocab, embed, heads, kv_heads, head_dim,
-mlp) and of training arrays (batch: rows of one step; examples: rows of the example store
-and prefix cache; concept: the leading C of stacked SVs). The rules are an ordered list of
+mlp; the q/k norm scales of Qwen3 and Gemma-3 are head_dim, replicated) and of training
+arrays (batch: rows of one step; examples: rows of the example store and prefix cache;
+concept: the leading C of stacked SVs). The rules are an ordered list of
 (logical axis, mesh axes) pairs: for each dim the first rule whose mesh axes are still free
 in that array wins (flax's `logical_to_mesh_axes`). A logical axis that no rule names is an
 error (map it to None to replicate), and so is a dim its mesh axes do not divide.

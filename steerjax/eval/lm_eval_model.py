@@ -7,7 +7,8 @@
   lm_eval.simple_evaluate(model=SteerjaxLM(...), tasks=[...])   # from Python
 
 `model_args`: `model` (alias, HF directory, hub id or llama2.c .bin), `sv` (an SV file;
-none = unsteered), `factor_scale` (multiplies the SV's factor), `dtype`, `max_length`;
+none = unsteered), `factor_scale` (multiplies the SV's factor), `dtype`, `max_length`,
+`thinking` (a chat template's thinking switch, as Qwen3's; off by default);
 the batch size is lm-eval's own `--batch_size`. The SV acts as in generation: a prompt-only SV (PrOSV) edits its positions
 of the context only, so scoring a continuation and decoding run the unsteered model past
 the context; an SV over all tokens (FSSV) edits every token, the continuation's and the
@@ -51,13 +52,13 @@ class SteerjaxLM(TemplateLM):
   def __init__(self, model: str = "stories260K", sv: str = "", factor_scale: float = 1.0,
                batch_size: int = 8, dtype: str = "float32", max_length: int = 0,
                data_root: str = "", bundle=None, sv_tree=None, spec: Optional[SteerSpec] = None,
-               **_ignored):
+               thinking: bool = False, **_ignored):
     super().__init__()
     self.model_name = model
     if bundle is None:
       root = data_root or None
       bundle = load(model, DTYPES[dtype], data_root=root) + (
-          load_tokenizer(model, data_root=root),)
+          load_tokenizer(model, data_root=root, thinking=thinking),)
     self.model, self.params, self.tok = bundle
     if sv:
       sv_tree, meta = checkpoint.load_sv(sv, self.model.cfg)

@@ -1,4 +1,4 @@
-"""Flax LLMs (Llama, Qwen2, Gemma-2), their loaders and tokenizers."""
+"""Flax LLMs (Llama, Qwen2, Gemma-2, Gemma-3, Qwen3, Mistral), their loaders and tokenizers."""
 
 from steerjax.models.config import ModelConfig
 from steerjax.models.decoder import Decoder, init_cache, SITE_METHOD, block_name

@@ -44,7 +44,8 @@ def load_model(config):
     model = model.clone(remat=True)
   if config.model.vocab_chunk:
     model = model.clone(vocab_chunk=int(config.model.vocab_chunk))
-  tok = load_tokenizer(config.model.tokenizer or config.model.path, data_root=root)
+  tok = load_tokenizer(config.model.tokenizer or config.model.path, data_root=root,
+                       thinking=config.model.thinking)
   return model, params, tok
 
 
