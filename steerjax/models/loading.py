@@ -471,7 +471,8 @@ def resolve(path_or_id: str, data_root: Optional[str] = None) -> str:
   try:
     if filename:
       return hf_hub_download(hub_id, filename)
-    return snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+    return snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.jinja",
+                                                     "tokenizer*"])
   except Exception as err:  # offline, gated or missing: say where else it could come from
     where = f"the data root {root}" if root else "no data root (STEERJAX_DATA is unset)"
     raise LoadError(f"model {path_or_id!r}: not found under {where}, and the hub download of "
