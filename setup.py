@@ -35,5 +35,6 @@ setup(
         "judge": ["openai>=1.40"],
         "tensorboard": ["tensorboardX>=2.6"],
         "lmeval": ["lm-eval==0.4.13"],   # its core needs no torch
+        "export": ["gguf>=0.19,<1", "torch==2.13.0"],   # steerjax.export: GGUF and .pt files
     },
 )

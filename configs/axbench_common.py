@@ -68,87 +68,24 @@ def make_config(model_path: str, task: str, layer: int, methods: dict, num_conce
   c.sv.init = "uniform"             # Table 11 was tuned with the authors' uniform init
   c.train.concepts_per_step = 16
   c.train.log_every = 36
-  c.cache_dir = ""                  # neutral responses, steering prompts; '' = ~/.cache/steerjax
   c.data.update(dict(
       source="axbench",
-      suite="concept500",           # concept500 | concept10
-      task=task,                    # 2b_l10 | 2b_l20 | 9b_l20 | 9b_l31
-      first_concept=0,              # position in the concept list (= concept_id)
-      num_concepts=num_concepts,    # 0 = to the end of the list
+      suite="concept500",
+      task=task,
+      num_concepts=num_concepts,
       n_train=72,                   # positives per concept (0 = all)
       max_response_tokens=128,      # y_c and y are cut to this, without EOS
       neutral="judge",              # SimPO's y: released (the authors' file; 9b_l20 only) |
                                     #   judge (written by the judge LLM) | model (greedy)
       neutral_max_tokens=128,
-      released_repo="",             # a local clone of colored-dye/prosv ('' = download, cached)
   ))
-  c.eval = ml_collections.ConfigDict(dict(
-      max_new_tokens=128,
-      temperature=1.0,
-      top_p=1.0,                    # sampling=plain only
-      sampling="hf",                # hf: the model's generation_config.json as transformers
-                                    #   applies it (top-k 50 on Gemma-2-it) | plain
-      batch_size=64,                # generations per device batch
-      concepts_per_chunk=16,        # concepts generated and judged together (resume unit)
-      # AxBench's prompting input (leading space; axbench utils/dataset.py)
-      prompt_template=" {prompt}\n\nQuestion: {instruction}",
-      steering_prompts="released",  # released (the authors' file) | judge (written by it)
+  c.eval.update(dict(
+      sampling="hf",                # the model's generation_config.json as transformers
+                                    #   applies it (top-k 50 on Gemma-2-it)
+      steering_prompts="released",  # the authors' file
   ))
-  c.judge = ml_collections.ConfigDict(dict(
-      kind="openai",                # openai (any chat-completions server) | local
-      templates="prosv",            # prosv (the authors', pinned) | axbench | steerjax | a path
-      templates_repo="",            # a local clone of that repository ('' = download, cached)
-      base_url="https://api.openai.com/v1",
-      model="gpt-4o-mini",
-      api_key_env="OPENAI_API_KEY",
-      temperature=0.01,
-      max_tokens=500,
-      concurrency=16,
-      max_retries=5,
-      timeout_s=60.0,
-      cache_dir="",                 # '' = <cache_dir>/judge
-      local_path="",                # kind=local: an instruct model steerjax loads ('' = target)
-      local_dtype="bfloat16",
-      local_max_new_tokens=256,
-      local_batch_size=32,
-  ))
+  c.judge.templates = "prosv"       # the authors' templates, pinned
   c.methods = tuple(methods_run)
   c.method_overrides = ml_collections.ConfigDict(
       {k: ml_collections.ConfigDict(v) for k, v in methods.items()})
-  c.results_dir = ""                # '' = <workdir>/results
-  # job=utility and job=attack (paper Section 6.4): rows `method[@factor scale]` over the
-  # first num_concepts concepts, with the SVs an axbench run (svs_from) trained.
-  rows = ("unsteered", "prompting", "fssv_lang", "fssv_lang@0.8", "fssv_lang@0.5", "prosv_lang",
-          "fssv_simpo", "fssv_simpo@0.8", "fssv_simpo@0.5", "prosv_simpo")
-  c.utility = ml_collections.ConfigDict(dict(
-      svs_from="",                  # the axbench run's workdir
-      rows=rows,
-      num_concepts=50,
-      tinymmlu="",                  # '' = hub tinyBenchmarks/tinyMMLU, or a local .jsonl/.parquet
-      tinygsm8k="",                 # '' = hub tinyBenchmarks/tinyGSM8k, or a local file
-      mmlu_tokens=128,
-      gsm8k_tokens=512,
-      mmlu_judge=True,              # grade MMLU answers with the judge (the paper's way)
-      long_context_score=True,      # judge the GSM8K answers' steering too (Table 17)
-      limit=0,                      # items per benchmark (0 = all 100)
-  ))
-  c.attack = ml_collections.ConfigDict(dict(
-      svs_from="",
-      utility_from="",              # a utility job's workdir: also write tradeoff.{md,png}
-      rows=rows,
-      num_concepts=15,              # the authors' attack runs: concepts 0..14
-      prompts="released",           # released (the authors' file) | judge (written by it)
-  ))
-  # job=search: the paper's Table 10 grid for one jointly trained method (an empty axis
-  # keeps the method's own value; Table 10's batch is 12 for Lang, 6 for SimPO on Gemma).
-  c.search = ml_collections.ConfigDict(dict(
-      method="prosv_lang",          # the method whose values are searched
-      concepts="hp_tuning",         # hp_tuning (the paper's 3, released) | config (data range)
-      beta=(1.0, 2.0, 4.0, 8.0),
-      lr_factor=(0.1, 1.0, 10.0, 20.0),
-      lam=(1.0, 8.0),
-      lr_direction=(0.04, 0.08),
-      epochs=(12, 18, 24),
-      batch_size=(),
-  ))
   return c

@@ -1,8 +1,11 @@
-"""Defaults shared by every config: stories260K, a PrOSV f2+l2 Lang SV, joint training.
+"""Every config group any job reads, with its default: stories260K, a PrOSV f2+l2 Lang SV,
+joint training (the `train` job).
 
   STEERJAX_DATA=../shared/assets python -m steerjax.main --config=configs/base.py --workdir=runs/train
 
-Override any field on the command line, e.g. `--config.steer.positions=all`.
+Other configs start from this one and change values, never add groups. Override any field on
+the command line, e.g. `--config.steer.positions=all`. Names of registered things (jobs,
+objectives, ops, factor modes, data sources) are keys of their registries, cited per field.
 """
 
 import ml_collections
@@ -12,27 +15,31 @@ from steerjax.sharding import AXES, DEFAULT_RULES
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
-  c.job = "train"                   # a key of steerjax.jobs.JOBS: train | demo | axbench
+  c.job = "train"                   # a key of steerjax.jobs.JOBS
   c.seed = 42
   c.data_root = ""                  # local data folder; '' = $STEERJAX_DATA, else the hub
+  c.cache_dir = ""                  # judge replies, judge-written texts, pinned downloads;
+                                    #   '' = ~/.cache/steerjax
+  c.results_dir = ""                # evaluating jobs' tables and plots; '' = <workdir>/results
   c.model = ml_collections.ConfigDict(dict(
       path="stories260K",           # alias, local path (HF dir or llama2.c .bin) or hub id
       tokenizer="",                 # '' = next to the model
       dtype="float32",              # float32 | bfloat16 (SVs always stay float32)
       remat=False,                  # recompute block activations in the backward pass
+      thinking=False,               # chat templates with a thinking switch (Qwen3): on or off
       vocab_chunk=0,                # > 0: the loss's softmax over this many vocabulary rows at
                                     #   a time, recomputed in the backward pass (big vocabularies)
   ))
   c.steer = ml_collections.ConfigDict(dict(
       layer=2,                      # 0-based block whose output is edited
-      positions="f2+l2",            # all (FSSV) | prompt | fN | lN | fN+lM (PrOSV)
-      op="add",                     # add | clamp | null
+      positions="f2+l2",            # all (FSSV) | all-bos | prompt | fN | lN | fN+lM (PrOSV)
+      op="add",                     # a key of steerjax.steering.OPS
   ))
   c.sv = ml_collections.ConfigDict(dict(
       beta=4.0,                     # factor init: alpha0 = beta * sqrt(width)
       lam=8.0,                      # direction init size
       init="normal",                # normal: N(0, lam/n) (paper) | uniform: U(+-lam/sqrt(n)) (code)
-      factor_mode="joint",          # joint | fixed | sampled
+      factor_mode="joint",          # a key of steerjax.train_config.FACTOR_MODES
       fixed_factor=1.0,             # alpha in factor_mode=fixed
       factor_set=tuple(range(2, 21, 2)),  # alphas drawn from in factor_mode=sampled
       param_dtype="float32",        # bfloat16: emulate the authors' bf16 SV storage (rounds
@@ -49,7 +56,7 @@ def get_config(arg=None):
       weight_decay=0.0,
   ))
   c.train = ml_collections.ConfigDict(dict(
-      objective="lang",             # lang | simpo | reps
+      objective="lang",             # a key of steerjax.losses.OBJECTIVES
       batch_size=12,                # examples per concept per step
       epochs=12,
       max_steps=0,                  # stop early (0 = all epochs)
@@ -66,12 +73,13 @@ def get_config(arg=None):
       tensorboard=False,            # also write TensorBoard scalars (needs tensorboardX)
   ))
   c.data = ml_collections.ConfigDict(dict(
-      source="tinystories",         # tinystories | axbench | file (see steerjax/data/sources.py)
+      source="tinystories",         # a key of steerjax.data.sources.SOURCES
       path="",                      # source=file: .jsonl / .parquet rows of concept, prompt,
                                     #   response and optionally neutral
       n_train=72,                   # training pairs per concept (axbench, file: 0 = all)
       max_response_tokens=128,      # axbench, file: y_c (and y) cut to this many tokens
-      neutral="model",              # SimPO/RePS y when the data has none: model (greedy) | judge
+      neutral="model",              # SimPO/RePS y when the data has none: one of
+                                    #   steerjax.methods.NEUTRAL_SOURCES
       neutral_max_tokens=128,       # judge/model-written y of the axbench job: at most this long
       released_repo="",             # a local clone of colored-dye/prosv ('' = download, cached)
       # tinystories
@@ -86,6 +94,74 @@ def get_config(arg=None):
       task="2b_l10",                # 2b_l10 | 2b_l20 | 9b_l20 | 9b_l31
       first_concept=0,              # position in the concept list (= concept_id)
       num_concepts=0,               # 0 = to the end of the list
+  ))
+  # The methods an evaluating job runs: names in `methods`, each described in
+  # `method_overrides.<name>` by method keys (steerjax.methods.OVERRIDES, OTHER_KEYS).
+  c.methods = ()
+  c.method_overrides = ml_collections.ConfigDict()
+  c.eval = ml_collections.ConfigDict(dict(
+      max_new_tokens=128,           # tokens generated per test instruction
+      temperature=1.0,
+      top_p=1.0,                    # sampling=plain only
+      sampling="plain",             # one of steerjax.generate.SAMPLING_MODES
+      batch_size=64,                # generations per device batch
+      concepts_per_chunk=16,        # concepts generated and judged together (resume unit)
+      prompt_template=" {prompt}\n\nQuestion: {instruction}",   # the prompting baseline's input
+      steering_prompts="judge",     # one of steerjax.runtime.session.STEERING_PROMPT_SOURCES
+      samples_shown=1,              # generations the demo prints per method
+  ))
+  c.judge = ml_collections.ConfigDict(dict(
+      kind="openai",                # one of steerjax.eval.judges.JUDGE_KINDS
+      templates="steerjax",         # steerjax | prosv | axbench | a .py/.json path
+      templates_repo="",            # a local clone of that repository ('' = download, cached)
+      base_url="https://api.openai.com/v1",
+      model="gpt-4o-mini",
+      api_key_env="OPENAI_API_KEY",
+      temperature=0.01,
+      max_tokens=500,
+      concurrency=16,
+      max_retries=5,
+      timeout_s=60.0,
+      cache_dir="",                 # '' = <cache_dir>/judge
+      local_path="",                # kind=local: an instruct model steerjax loads ('' = target)
+      local_dtype="bfloat16",
+      local_max_new_tokens=256,
+      local_batch_size=32,
+  ))
+  # job=utility and job=attack (paper Section 6.4): rows `method[@factor scale]` over the
+  # first num_concepts concepts, with the SVs an axbench run (svs_from) trained.
+  rows = ("unsteered", "prompting", "fssv_lang", "fssv_lang@0.8", "fssv_lang@0.5", "prosv_lang",
+          "fssv_simpo", "fssv_simpo@0.8", "fssv_simpo@0.5", "prosv_simpo")
+  c.utility = ml_collections.ConfigDict(dict(
+      svs_from="",                  # the axbench run's workdir
+      rows=rows,
+      num_concepts=50,
+      tinymmlu="",                  # '' = hub tinyBenchmarks/tinyMMLU, or a local .jsonl/.parquet
+      tinygsm8k="",                 # '' = hub tinyBenchmarks/tinyGSM8k, or a local file
+      mmlu_tokens=128,
+      gsm8k_tokens=512,
+      mmlu_judge=True,              # grade MMLU answers with the judge (the paper's way)
+      long_context_score=True,      # judge the GSM8K answers' steering too (Table 17)
+      limit=0,                      # items per benchmark (0 = all 100)
+  ))
+  c.attack = ml_collections.ConfigDict(dict(
+      svs_from="",
+      utility_from="",              # a utility job's workdir: also write tradeoff.{md,png}
+      rows=rows,
+      num_concepts=15,              # the authors' attack runs: concepts 0..14
+      prompts="released",           # released (the authors' file) | judge (written by it)
+  ))
+  # job=search: the paper's Table 10 grid for one jointly trained method (an empty axis
+  # keeps the method's own value).
+  c.search = ml_collections.ConfigDict(dict(
+      method="prosv_lang",          # the method whose values are searched
+      concepts="hp_tuning",         # hp_tuning (the paper's 3, released) | config (data range)
+      beta=(1.0, 2.0, 4.0, 8.0),
+      lr_factor=(0.1, 1.0, 10.0, 20.0),
+      lam=(1.0, 8.0),
+      lr_direction=(0.04, 0.08),
+      epochs=(12, 18, 24),
+      batch_size=(),
   ))
   c.mesh = ml_collections.ConfigDict(dict(
       shape=(),                     # devices per axis of `axes`, one -1 = the rest; () = no mesh

@@ -2,7 +2,8 @@
 
 Trains PrOSV (f2+l2) and FSSV (all tokens) with Lang and SimPO under joint factor/direction
 training, plus the fixed-factor and RePS-style factor-sampling baselines (factor picked on
-eval prompts 0..4, scored on 5..9), generates, judges offline and prints a results table.
+eval prompts 0..4, scored on 5..9), generates, judges offline (the AxBench protocol on story openings) and prints a results
+table with a utility column.
 
   STEERJAX_DATA=../shared/assets python -m steerjax.main --config=configs/demo.py --workdir=runs/demo
 
@@ -66,14 +67,9 @@ def get_config(arg=None):
       methods[k].update(v)
   config.method_overrides = ml_collections.ConfigDict(
       {k: ml_collections.ConfigDict(v) for k, v in methods.items()})
-  config.eval = ml_collections.ConfigDict(dict(
-      max_new_tokens=128,          # tokens generated per eval prompt
-      temperature=1.0,
-      top_p=1.0,
-      sampling="plain",            # plain | hf (steerjax/jobs/sampling.py)
-      samples_shown=1,             # generations printed per method
-      prompt_template="{opening} The story is about {description}.",  # the prompting baseline
-  ))
+  config.eval.prompt_template = "{instruction} The story is about {prompt}."  # prompting
+  config.eval.steering_prompts = "benchmark"   # each concept's description
+  config.judge.kind = "offline"
   if arg == "quick":  # a short end-to-end run for tests
     config.data.concepts = ("tree", "toy")
     config.data.n_train = 12

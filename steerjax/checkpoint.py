@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -53,11 +54,39 @@ def save_sv(path: str, sv: dict, meta: dict):
   os.replace(tmp, path)  # a killed run never leaves a half-written SV behind
 
 
+_HUB_SV = re.compile(r"^(?:hf://)?(datasets/)?([\w.-]+/[\w.-]+)/(.+)$")
+
+
+def resolve_sv(path: str) -> str:
+  """Local path of an SV: `path` itself when it exists, else a file on the Hugging Face hub
+  named `org/repo/name` (`.safetensors` added when missing; `datasets/org/repo/name` for a
+  dataset repo, an `hf://` prefix allowed), downloaded into the hub cache."""
+  if os.path.exists(path):
+    return path
+  match = _HUB_SV.match(path) if not path.startswith((".", "/")) else None
+  if not match or (not path.startswith("hf://") and os.path.isdir(os.path.dirname(path))):
+    # its folder exists here: a mistyped local file, not a hub name
+    raise FileNotFoundError(f"no SV file at {path} (a hub SV is named org/repo/name)")
+  dataset, repo_id, name = match.groups()
+  filename = name if name.endswith(".safetensors") else name + ".safetensors"
+  from huggingface_hub import hf_hub_download
+  try:
+    # HF_ENDPOINT and HF_HUB_CACHE are read now, not when huggingface_hub was imported.
+    return hf_hub_download(repo_id, filename, repo_type="dataset" if dataset else "model",
+                           endpoint=os.environ.get("HF_ENDPOINT") or None,
+                           cache_dir=os.environ.get("HF_HUB_CACHE") or None)
+  except Exception as err:  # offline, missing repo or file, gated: one line, no traceback
+    raise FileNotFoundError(
+        f"SV {path!r}: no such local file, and downloading {filename} from the hub "
+        f"{'dataset' if dataset else 'model'} repo {repo_id} failed ({type(err).__name__}); "
+        "check the name and the connection, or pass a local path") from None
+
+
 def load_sv(path: str, model_cfg=None):
-  """(sv, meta). With `model_cfg`, refuse an SV trained for another model or width."""
+  """(sv, meta) from a local SV file or a hub `org/repo/name` (see `resolve_sv`). With
+  `model_cfg`, refuse an SV trained for another model or width."""
   from safetensors import safe_open
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no SV file at {path}")
+  path = resolve_sv(path)
   with safe_open(path, "numpy") as f:
     header = f.metadata() or {}
     sv = {k: f.get_tensor(k) for k in f.keys()}

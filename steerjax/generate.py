@@ -9,6 +9,7 @@ decode step. Prompt-only specs leave the decode loop exactly the unsteered one.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional, Sequence, Union
 
 import jax
@@ -218,7 +219,7 @@ def generate_many(model: Decoder, params, prompts: Sequence[Sequence[int]], *,
   if sort_by_length:
     order.sort(key=lambda i: len(prompts[i]))
   size = max(1, min(batch_size, len(prompts)))
-  rng = jax.random.PRNGKey(0) if rng is None else rng
+  rng = jax.random.key(0) if rng is None else rng
   out = [None] * len(prompts)
   for start in range(0, len(order), size):
     idx = order[start:start + size]
@@ -231,3 +232,33 @@ def generate_many(model: Decoder, params, prompts: Sequence[Sequence[int]], *,
     for i, g in zip(idx, got):
       out[i] = g[:budgets[i]]
   return out
+
+
+# --------------------------------------------------------------------------- sampling settings
+
+# How generation samples beyond its temperature and top-p:
+#   plain  the full distribution at the temperature (with top_p if below 1)
+#   hf     as transformers' `generate(do_sample=True, temperature=...)` samples: the model's
+#          `generation_config.json` (over transformers' defaults, e.g. top-k 50) supplies
+#          top-k, top-p and the repetition penalty, as AxBench and the paper's authors ran
+SAMPLING_MODES = ("plain", "hf")
+# transformers' generate() defaults for the fields read here (5.x)
+HF_DEFAULTS = {"top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0}
+
+
+def sampling_options(mode: str, model_dir: str) -> dict:
+  """Extra `generate` arguments of sampling `mode` for the model in `model_dir`."""
+  if mode not in SAMPLING_MODES:
+    raise ValueError(f"eval.sampling={mode!r}; use one of {SAMPLING_MODES}")
+  if mode == "plain":
+    return {}
+  from transformers import GenerationConfig
+  g = GenerationConfig()
+  if os.path.exists(os.path.join(model_dir, "generation_config.json")):
+    g = GenerationConfig.from_pretrained(model_dir)
+  # generate() fills the fields a model leaves unset from transformers' global defaults
+  defaults = dict(HF_DEFAULTS, **getattr(GenerationConfig, "_get_default_generation_params",
+                                         dict)())
+  get = lambda key: getattr(g, key) if getattr(g, key) is not None else defaults[key]
+  return dict(top_k=int(get("top_k")), top_p=float(get("top_p")),
+              repetition_penalty=float(get("repetition_penalty")))

@@ -1,6 +1,6 @@
 """Entry point: `python -m steerjax.main --config=configs/NAME.py --workdir=DIR`.
 
-The config's `job` field picks what runs (see `steerjax.jobs.JOBS`: train, demo, axbench).
+The config's `job` field picks what runs (see `steerjax.jobs.JOBS`).
 Every config field can be overridden on the command line, e.g.
 `--config.steer.positions=all --config.optim.lr_factor=10`; `--plan` prints the job's cost
 (SVs, train steps, generations, new tokens, judge calls) without loading a model.
@@ -29,7 +29,7 @@ def plan(config, log=print):
   """Print the cost table of the job a config names."""
   from steerjax import jobs
   from steerjax.eval.scoring import results_table
-  from steerjax.jobs.common import PLAN_COLUMNS, total_row
+  from steerjax.runtime.plans import PLAN_COLUMNS, total_row
   rows = jobs.get(config.job).plan(config)
   log(results_table(rows + [total_row(rows)], PLAN_COLUMNS))
   return rows

@@ -13,10 +13,10 @@ from typing import Optional
 
 from steerjax import losses
 from steerjax.steering import SteerSpec
-from steerjax.train import RunConfig, StepConfig, factor_mode
+from steerjax.train_config import LoopConfig, StepConfig, factor_mode
 
-KINDS = ("trained", "prompting", "unsteered")
-NEUTRAL_SOURCES = ("model", "judge", "released")
+METHOD_KINDS = ("trained", "prompting", "unsteered")
+NEUTRAL_SOURCES = ("model", "judge", "released")   # where SimPO / RePS get their y
 # method key -> (config group, field) it overrides
 OVERRIDES = {
     "positions": ("steer", "positions"), "objective": ("train", "objective"),
@@ -41,7 +41,7 @@ class Method:
   kind: str                          # trained | prompting | unsteered
   spec: Optional[SteerSpec] = None   # where and how a trained method steers
   step: Optional[StepConfig] = None  # what its compiled train step depends on
-  run: Optional[RunConfig] = None    # its init, rates and loop
+  loop: Optional[LoopConfig] = None  # its init, rates and loop
   grid: Optional[tuple] = None       # factors searched at inference; None: the learned one
   neutral: str = "model"             # source of the neutral y when the objective needs one
 
@@ -69,11 +69,11 @@ def step_config(config, over=None) -> StepConfig:
                     schedule_steps=get("schedule_steps"), param_dtype=get("param_dtype"))
 
 
-def run_config(config, over=None) -> RunConfig:
+def loop_config(config, over=None) -> LoopConfig:
   over = over or {}
   get = lambda key: value(config, over, key)
   t = config.train
-  return RunConfig(beta=float(get("beta")), lam=float(get("lam")), direction_init=get("init"),
+  return LoopConfig(beta=float(get("beta")), lam=float(get("lam")), direction_init=get("init"),
                    fixed_factor=float(get("fixed_factor")), lr_factor=float(get("lr_factor")),
                    lr_direction=float(get("lr_direction")), ref_width=int(get("ref_width")),
                    seed=config.seed, max_steps=t.max_steps, prefix_cache=t.prefix_cache,
@@ -87,7 +87,7 @@ def steer_spec(config, over=None) -> SteerSpec:
 
 def from_config(config, name: str) -> Method:
   """The method `config.method_overrides[name]` over the shared groups of `config`."""
-  overrides = config.get("method_overrides") or {}
+  overrides = config.method_overrides
   if name not in overrides:
     raise ValueError(f"config.methods names {name!r}, which config.method_overrides does not "
                      f"define; defined: {sorted(overrides)}")
@@ -101,8 +101,8 @@ def from_config(config, name: str) -> Method:
   if neutral not in NEUTRAL_SOURCES:
     raise ValueError(f"{where}.neutral={neutral!r}; use one of {NEUTRAL_SOURCES}")
   kind = over.get("kind", "trained" if "positions" in over else name)
-  if kind not in KINDS:
-    raise ValueError(f"{where}.kind={kind!r}; use one of {KINDS} (a method without positions "
+  if kind not in METHOD_KINDS:
+    raise ValueError(f"{where}.kind={kind!r}; use one of {METHOD_KINDS} (a method without positions "
                      "is untrained, so it needs kind='prompting' or 'unsteered')")
   if kind != "trained":
     if "positions" in over:
@@ -111,14 +111,15 @@ def from_config(config, name: str) -> Method:
   if "positions" not in over:
     raise ValueError(f"{where}: a trained method needs positions (e.g. 'f2+l2' or 'all')")
   try:
-    spec, step, run = steer_spec(config, over), step_config(config, over), run_config(config, over)
+    spec, step = steer_spec(config, over), step_config(config, over)
+    loop = loop_config(config, over)
   except ValueError as err:
     raise ValueError(f"{where}: {err}") from None
   grid = tuple(float(g) for g in over["grid"]) if "grid" in over else None
   if grid is None and not factor_mode(step.factor_mode).trained:
     raise ValueError(f"{where}: factor_mode={step.factor_mode!r} leaves the factor untrained, "
                      "so the method needs a factor grid (grid=(...))")
-  return Method(name, "trained", spec, step, run, grid, neutral)
+  return Method(name, "trained", spec, step, loop, grid, neutral)
 
 
 def of_config(config) -> list:
@@ -128,7 +129,7 @@ def of_config(config) -> list:
 
 def base_method(config, name: str = "train") -> Method:
   """The one trained method the shared config groups describe (the train job's)."""
-  return Method(name, "trained", steer_spec(config), step_config(config), run_config(config),
+  return Method(name, "trained", steer_spec(config), step_config(config), loop_config(config),
                 neutral=config.data.neutral)
 
 

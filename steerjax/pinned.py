@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import urllib.request
 
+from steerjax import paths
+
 LFS_POINTER = b"version https://git-lfs"
 
 
@@ -34,8 +36,5 @@ def fetch(repo: str, commit: str, path: str, cache_dir: str, local_clone: str = 
     except OSError as err:
       raise FileNotFoundError(f"could not download {url} ({err}); clone {repo}, check out "
                               f"{commit} and pass the clone's folder instead") from None
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    with open(cached + ".tmp", "wb") as f:
-      f.write(data)
-    os.replace(cached + ".tmp", cached)
+    paths.write_atomic(cached, data)
   return cached

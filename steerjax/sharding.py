@@ -9,8 +9,9 @@ and one -1 takes the rest):
   concept  stacked SVs [C, D], their optimizer moments and their examples' rows
 
 Logical axes name the dims of params (decoder.py: vocab, embed, heads, kv_heads, head_dim,
-mlp) and of training arrays (batch: rows of one step; examples: rows of the example store
-and prefix cache; concept: the leading C of stacked SVs). The rules are an ordered list of
+mlp; the q/k norm scales of Qwen3 and Gemma-3 are head_dim, replicated) and of training
+arrays (batch: rows of one step; examples: rows of the example store and prefix cache;
+concept: the leading C of stacked SVs). The rules are an ordered list of
 (logical axis, mesh axes) pairs: for each dim the first rule whose mesh axes are still free
 in that array wins (flax's `logical_to_mesh_axes`). A logical axis that no rule names is an
 error (map it to None to replicate), and so is a dim its mesh axes do not divide.
@@ -318,9 +319,7 @@ def maybe_initialize_distributed(config) -> bool:
 def from_config(config):
   """(mesh, rules) from `config.mesh`, or (None, None) when `config.mesh.shape` is empty
   (one device, no mesh). Starts the multi-host runtime first when configured."""
-  mesh_cfg = config.get("mesh")
-  if mesh_cfg is None:
-    return None, None
+  mesh_cfg = config.mesh
   distributed = maybe_initialize_distributed(config)
   if not mesh_cfg.shape:
     if distributed:

@@ -166,3 +166,14 @@ def steer(apply_fn, spec: SteerSpec):
     return out
 
   return steered
+
+
+def forward(model, params, tokens_BT, valid_BT, prompt_BT, sv=None, spec: SteerSpec = None,
+            **kw):
+  """`model`'s logits, steered by `sv` at `spec`'s positions of the prompt when `sv` is given
+  (`prompt_BT` marks the prompt tokens), unsteered otherwise."""
+  if sv is None:
+    return model.apply({"params": params}, tokens_BT, valid_BT=valid_BT, **kw)
+  mask = positions_mask(spec.positions, prompt_BT, valid_BT)
+  return steer(model.apply, spec)({"params": params}, sv, tokens_BT, mask, valid_BT=valid_BT,
+                                   **kw)

@@ -6,7 +6,7 @@ example carries its concept's index. Factor modes (`FACTOR_MODES`):
   fixed   - alpha frozen at `fixed_factor`, only v trained,
   sampled - alpha drawn per example from `factor_set` (RePS-style), only v trained.
 Objectives come from `steerjax.losses.OBJECTIVES`. A run takes two configs: `StepConfig`
-(what the compiled step depends on) and `RunConfig` (init, base rates, loop), so sweeps
+(what the compiled step depends on) and `LoopConfig` (init, base rates, loop), so sweeps
 over beta, lam, learning rates and seeds reuse one compiled step.
 
 With the prefix cache on, the block-`layer` output of every training sequence is computed
@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Optional, Sequence
 
 import jax
@@ -33,8 +34,7 @@ from steerjax.data.batching import ConceptData, batch_indices, pack, response_wi
 from steerjax.health import Health, residual_norm
 from steerjax.optim import make_optimizer, scaled_learning_rates
 from steerjax.steering import SteerSpec, edit, init_sv, positions_mask, steer
-from steerjax.train_config import (RunConfig, StepConfig, factor_mode, needs_neutral,
-                                   schedule_length)
+from steerjax.train_config import LoopConfig, StepConfig, factor_mode, schedule_length
 
 class NonFiniteError(FloatingPointError):
   """The loss or an SV became NaN/inf; the last good checkpoint is kept."""
@@ -49,8 +49,9 @@ def prepare_data(concepts: Sequence[ConceptData], objective: str, pad_id: int):
   logits only there."""
   n = min(len(c.prompts) for c in concepts)
   if any(len(c.prompts) != n for c in concepts):
-    print(f"note: concepts have unequal example counts; using the first {n} of each")
-  neutral = needs_neutral(objective)
+    warnings.warn(f"concepts have unequal example counts; using the first {n} of each",
+                  stacklevel=2)
+  neutral = losses.objective(objective).needs_neutral
   if neutral and any(c.neutral is None for c in concepts):
     missing = [c.name for c in concepts if c.neutral is None]
     raise ValueError(f"objective {objective!r} needs neutral responses; missing for {missing}")
@@ -104,23 +105,23 @@ def prefix_cache_bytes(model, data) -> int:
   return n_seq * model.cfg.dim * jnp.dtype(model.dtype).itemsize
 
 
-def precompute(model, params, spec: SteerSpec, data, step: StepConfig, run: RunConfig,
+def precompute(model, params, spec: SteerSpec, data, step: StepConfig, loop: LoopConfig,
                log=print):
   """Device arrays for training: packed sequences, unsteered reference log-probs (SimPO/RePS)
   and, when the prefix cache is on, every sequence's block-`layer` output."""
   out = {name: {k: jnp.asarray(v) for k, v in seq.items()} for name, seq in data.items()}
-  if needs_neutral(step.objective):
+  if losses.objective(step.objective).needs_neutral:
     for name in ("pos", "neg"):
       s = out[name]
       out[name]["ref"] = _in_chunks(
           functools.partial(_unsteered_logprobs, model, params),
           {k: s[k] for k in ("tokens", "valid", "at", "target", "target_mask")}, 64)
   size = prefix_cache_bytes(model, data)
-  use = run.prefix_cache == "on" or (
-      run.prefix_cache == "auto" and size <= run.prefix_cache_max_bytes)
-  if run.prefix_cache == "on" and size > run.prefix_cache_max_bytes:
+  use = loop.prefix_cache == "on" or (
+      loop.prefix_cache == "auto" and size <= loop.prefix_cache_max_bytes)
+  if loop.prefix_cache == "on" and size > loop.prefix_cache_max_bytes:
     raise MemoryError(f"prefix cache needs {size / 2**20:.1f} MiB, over "
-                      f"train.prefix_cache_max_bytes={run.prefix_cache_max_bytes}; set "
+                      f"train.prefix_cache_max_bytes={loop.prefix_cache_max_bytes}; set "
                       "train.prefix_cache='off' or raise the limit")
   n_examples = next(iter(data.values()))["tokens"].shape[0]
   if use:
@@ -131,7 +132,7 @@ def precompute(model, params, spec: SteerSpec, data, step: StepConfig, run: RunC
           lambda tokens, valid: _site_outputs(model, spec.layer, params, tokens, valid),
           {"tokens": s["tokens"], "valid": s["valid"]}, 64)
   else:
-    log(f"prefix cache off ({run.prefix_cache}; it would need {size / 2**20:.2f} MiB)")
+    log(f"prefix cache off ({loop.prefix_cache}; it would need {size / 2**20:.2f} MiB)")
   return out
 
 
@@ -247,24 +248,24 @@ def _unit_optimizer(width: int, step: StepConfig, total_steps: int):
       weight_decay=step.weight_decay)[0]
 
 
-def optimizer_for(width: int, step: StepConfig, run: RunConfig, total_steps: int):
+def optimizer_for(width: int, step: StepConfig, loop: LoopConfig, total_steps: int):
   """(tx, base learning rates). `tx` runs at unit learning rate and is shared by every run
   with the same StepConfig; the train step scales its updates by the width-scaled base
   rates carried in the state."""
-  lr_f, lr_d = scaled_learning_rates(width, run.lr_factor, run.lr_direction,
-                                     run.ref_width or None)
+  lr_f, lr_d = scaled_learning_rates(width, loop.lr_factor, loop.lr_direction,
+                                     loop.ref_width or None)
   return _unit_optimizer(width, step, total_steps), {"factor": lr_f, "direction": lr_d}
 
 
-def initial_sv(step: StepConfig, run: RunConfig, width: int, concept_indices: Sequence[int],
-               row_runs: Optional[Sequence[RunConfig]] = None):
+def initial_sv(step: StepConfig, loop: LoopConfig, width: int, concept_indices: Sequence[int],
+               row_loops: Optional[Sequence[LoopConfig]] = None):
   """One SV per concept, each drawn from a key folded with the concept's global index, so a
-  concept gets the same init whether it trains alone or stacked with others. `row_runs`
+  concept gets the same init whether it trains alone or stacked with others. `row_loops`
   gives each row its own init sizes (a grid search stacking its points)."""
-  base = jax.random.PRNGKey(run.seed)
-  row_runs = row_runs or [run] * len(concept_indices)
+  base = jax.random.key(loop.seed)
+  row_loops = row_loops or [loop] * len(concept_indices)
   rows = []
-  for c, r in zip(concept_indices, row_runs):
+  for c, r in zip(concept_indices, row_loops):
     sv = init_sv(jax.random.fold_in(base, int(c)), width, r.beta, r.lam, r.direction_init)
     rows.append(dict(sv, factor=factor_mode(step.factor_mode).init(sv["factor"], r)))
   sv = {k: jnp.stack([r[k] for r in rows]) for k in ("factor", "direction")}
@@ -273,23 +274,23 @@ def initial_sv(step: StepConfig, run: RunConfig, width: int, concept_indices: Se
   return sv
 
 
-def row_learning_rates(width: int, step: StepConfig, run: RunConfig, total_steps: int,
-                       row_runs: Optional[Sequence[RunConfig]] = None) -> dict:
-  """{"factor", "direction"}: the width-scaled base rates, one per row with `row_runs`."""
-  if not row_runs:
-    return {k: jnp.float32(v) for k, v in optimizer_for(width, step, run, total_steps)[1].items()}
-  rates = [optimizer_for(width, step, r, total_steps)[1] for r in row_runs]
+def row_learning_rates(width: int, step: StepConfig, loop: LoopConfig, total_steps: int,
+                       row_loops: Optional[Sequence[LoopConfig]] = None) -> dict:
+  """{"factor", "direction"}: the width-scaled base rates, one per row with `row_loops`."""
+  if not row_loops:
+    return {k: jnp.float32(v) for k, v in optimizer_for(width, step, loop, total_steps)[1].items()}
+  rates = [optimizer_for(width, step, r, total_steps)[1] for r in row_loops]
   return {k: jnp.asarray([r[k] for r in rates], jnp.float32) for k in ("factor", "direction")}
 
 
-def fresh_state(step: StepConfig, run: RunConfig, width: int, concept_indices: Sequence[int],
-                total_steps: int, row_runs: Optional[Sequence[RunConfig]] = None):
+def fresh_state(step: StepConfig, loop: LoopConfig, width: int, concept_indices: Sequence[int],
+                total_steps: int, row_loops: Optional[Sequence[LoopConfig]] = None):
   """The train state before step 0: SVs, optimizer state, step, RNG, base rates."""
-  sv = initial_sv(step, run, width, concept_indices, row_runs)
-  tx, _ = optimizer_for(width, step, run, total_steps)
+  sv = initial_sv(step, loop, width, concept_indices, row_loops)
+  tx, _ = optimizer_for(width, step, loop, total_steps)
   return {"sv": sv, "opt": tx.init(sv), "step": jnp.zeros((), jnp.int32),
-          "rng": jax.random.PRNGKey(run.seed + 1),
-          "lr": row_learning_rates(width, step, run, total_steps, row_runs)}
+          "rng": jax.random.key_data(jax.random.key(loop.seed + 1)),  # raw: Orbax saves it
+          "lr": row_learning_rates(width, step, loop, total_steps, row_loops)}
 
 
 def _scaled(update, lr):
@@ -314,34 +315,34 @@ def _fmt_time(seconds: float) -> str:
 
 
 def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptData],
-                   concept_indices: Sequence[int], step_cfg: StepConfig, run: RunConfig,
+                   concept_indices: Sequence[int], step_cfg: StepConfig, loop: LoopConfig,
                    workdir: str, log=print, metrics_path: Optional[str] = None, tag: str = "",
                    writer=None, mesh=None, rules=None,
-                   row_runs: Optional[Sequence[RunConfig]] = None):
+                   row_loops: Optional[Sequence[LoopConfig]] = None):
   """Train one stacked SV for `concepts` (resuming from `workdir/checkpoints` if present).
 
   `params` are taken as placed; with a `mesh` (and logical-axis `rules`, see
   steerjax.sharding) they must already be on it (`sharding.shard_params`), and the example
   store and the stacked SV are sharded over it with explicit step shardings.
-  `row_runs` (one RunConfig per concept) give each row its own init sizes and rates; the
-  seed, loop and checkpoints stay `run`'s. Returns the final stacked SV as numpy arrays
+  `row_loops` (one LoopConfig per concept) give each row its own init sizes and rates; the
+  seed, loop and checkpoints stay `loop`'s. Returns the final stacked SV as numpy arrays
   {"factor": [C], "direction": [C, D]}.
   """
   groups = len(concepts)
-  if row_runs is not None and len(row_runs) != groups:
-    raise ValueError(f"{len(row_runs)} row_runs for {groups} concepts")
+  if row_loops is not None and len(row_loops) != groups:
+    raise ValueError(f"{len(row_loops)} row_loops for {groups} concepts")
   data, n = prepare_data(concepts, step_cfg.objective, model.cfg.pad_id)
   if step_cfg.batch_size > n:
     raise ValueError(f"train.batch_size={step_cfg.batch_size} exceeds the {n} examples per "
                      "concept")
   per_epoch = n // step_cfg.batch_size
   total = per_epoch * step_cfg.epochs
-  if run.max_steps:
-    total = min(total, run.max_steps)
+  if loop.max_steps:
+    total = min(total, loop.max_steps)
   width = model.cfg.dim
   schedule = schedule_length(step_cfg, per_epoch * step_cfg.epochs)
-  tx, _ = optimizer_for(width, step_cfg, run, schedule)
-  state = fresh_state(step_cfg, run, width, concept_indices, schedule, row_runs)
+  tx, _ = optimizer_for(width, step_cfg, loop, schedule)
+  state = fresh_state(step_cfg, loop, width, concept_indices, schedule, row_loops)
   lrs = {k: np.asarray(v) for k, v in state["lr"].items()}
   ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   if ckpts.latest_step() is not None:
@@ -352,7 +353,7 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
   if mesh is not None:  # before the prefix-cache pass, so the model never runs from one device
     from steerjax import sharding
     data = sharding.place_store(data, mesh, rules)
-  arrays = precompute(model, params, spec, data, step_cfg, run, log)
+  arrays = precompute(model, params, spec, data, step_cfg, loop, log)
   health = Health(residual_norm(model, params, spec, arrays, _site_outputs),
                   factor_mode(step_cfg.factor_mode).trained, tag, log)
   step_fn = functools.partial(train_step, model=model, spec=spec, step=step_cfg, groups=groups,
@@ -372,12 +373,12 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
   log(f"{tag}{groups} concept(s), {n} examples each, {total} steps "
       f"(lr factor {_rates(lrs['factor'])}, lr direction {_rates(lrs['direction'])} at width "
       f"{width})")
-  for step in range(start, total):
-    idx = np.tile(batch_indices(n, step_cfg.batch_size, run.seed, step), groups) + offsets
+  for update in range(start, total):
+    idx = np.tile(batch_indices(n, step_cfg.batch_size, loop.seed, update), groups) + offsets
     state, metrics = step_fn(state, params=params, data=arrays, idx=jnp.asarray(idx, jnp.int32),
                              group=group)
-    done = step + 1
-    if done % run.log_every == 0 or done == total or done == start + 1:
+    done = update + 1
+    if done % loop.log_every == 0 or done == total or done == start + 1:
       m = {k: float(v) for k, v in metrics.items()}
       if not (math.isfinite(m["loss"]) and _finite(state["sv"])):
         raise NonFiniteError(
@@ -396,7 +397,7 @@ def train_concepts(model, params, spec: SteerSpec, concepts: Sequence[ConceptDat
       if writer is not None:
         for k, v in m.items():
           writer.add_scalar(f"{tag.strip(' :') or 'train'}/{k}", v, done)
-    if done % run.checkpoint_every == 0 and done < total:
+    if done % loop.checkpoint_every == 0 and done < total:
       if not _finite(state["sv"]):
         raise NonFiniteError(f"{tag}non-finite SV at step {done}; the last good checkpoint "
                              f"(step {last_good}) is kept in {ckpts.directory}")

@@ -1,8 +1,8 @@
 """The two configs of a training run and the factor-mode registry.
 
-`StepConfig` holds what the compiled train step depends on; `RunConfig` what only shapes
+`StepConfig` holds what the compiled train step depends on; `LoopConfig` what only shapes
 the initial state, the base learning rates and the loop. Runs that differ only in their
-RunConfig (a sweep over beta, lam, rates or seeds) reuse one compiled step.
+LoopConfig (a sweep over beta, lam, rates or seeds) reuse one compiled step.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from steerjax import losses
 @dataclasses.dataclass(frozen=True)
 class FactorMode:
   """How a method treats the factor alpha: whether the optimizer trains it, its initial
-  value `init(factors [C], run)`, and the factor each example is steered with
+  value `init(factors [C], loop)`, and the factor each example is steered with
   `per_example(factors [C], group [B], key, step)`. Untrained factors need a grid of
   factors to pick from at inference."""
   trained: bool
@@ -38,10 +38,10 @@ def _sampled_factor(factors, group, key, step):
 
 
 FACTOR_MODES = {
-    "joint": FactorMode(True, lambda f, run: f, _own_factor),
-    "fixed": FactorMode(False, lambda f, run: jnp.full_like(f, run.fixed_factor), _own_factor),
+    "joint": FactorMode(True, lambda f, loop: f, _own_factor),
+    "fixed": FactorMode(False, lambda f, loop: jnp.full_like(f, loop.fixed_factor), _own_factor),
     # The stored factor is unused: every example draws one from `factor_set`.
-    "sampled": FactorMode(False, lambda f, run: jnp.zeros_like(f), _sampled_factor),
+    "sampled": FactorMode(False, lambda f, loop: jnp.zeros_like(f), _sampled_factor),
 }
 
 
@@ -91,7 +91,7 @@ class StepConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
+class LoopConfig:
   """What shapes a run but not its compiled step: init sizes, base rates, loop, checkpoints."""
   beta: float = 4.0                  # factor init alpha0 = beta * sqrt(D)
   lam: float = 8.0                   # direction init size
@@ -125,6 +125,3 @@ def schedule_length(step: StepConfig, updates: int) -> int:
   start instead of 0; `schedule_steps="micro_batches"` reproduces that."""
   return updates * (step.grad_accum_steps if step.schedule_steps == "micro_batches" else 1)
 
-
-def needs_neutral(objective: str) -> bool:
-  return losses.objective(objective).needs_neutral

@@ -20,11 +20,11 @@ def synthetic_concepts(n_concepts=3, n=8, seed=0):
 
 
 def train_configs(**fields):
-  """(StepConfig, RunConfig) from one dict of their fields."""
+  """(StepConfig, LoopConfig) from one dict of their fields."""
   import dataclasses
-  from steerjax.train import RunConfig, StepConfig
+  from steerjax.train import LoopConfig, StepConfig
   names = {f.name for f in dataclasses.fields(StepConfig)}
-  unknown = set(fields) - names - {f.name for f in dataclasses.fields(RunConfig)}
+  unknown = set(fields) - names - {f.name for f in dataclasses.fields(LoopConfig)}
   assert not unknown, f"not a train config field: {sorted(unknown)}"
   return (StepConfig(**{k: v for k, v in fields.items() if k in names}),
-          RunConfig(**{k: v for k, v in fields.items() if k not in names}))
+          LoopConfig(**{k: v for k, v in fields.items() if k not in names}))

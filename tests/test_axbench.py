@@ -19,7 +19,7 @@ from steerjax.checkpoint import load_sv
 from steerjax.data import axbench as data
 from steerjax.eval import scoring
 from steerjax.jobs import axbench as axbench_job
-from steerjax.jobs import common
+from steerjax.runtime import context
 from steerjax.store import TextStore
 from steerjax.eval.judge import KINDS, render_prompt
 
@@ -66,7 +66,7 @@ def test_pipeline_end_to_end_then_reruns_ask_nothing_new(model_dir, tmp_path, mo
   quiet = lambda *a: None
   with JudgeServer() as server:
     config = tiny_config(model_dir, cache, server.url)
-    bundle = common.load_model(config)
+    bundle = context.load_model(config)
     first = axbench_job.run(config, work, log=quiet, bundle=bundle)
 
     # What the judge was asked: 3 ratings per generation, 12 neutral y, 2 steering prompts.
@@ -235,7 +235,7 @@ def test_paper_configs_and_their_cost():
   method = methods.from_config(qwen, "fssv_reps_sampled")
   assert method.step.factor_set == tuple(range(20, 201, 20)) and max(method.grid) == 400
   assert method.neutral == "model" and method.step.objective == "reps_axbench"
-  assert methods.from_config(qwen, "prosv_simpo").run.direction_init == "uniform"
+  assert methods.from_config(qwen, "prosv_simpo").loop.direction_init == "uniform"
 
 
 def _released_clone(root, concepts, task="2b_l10"):
@@ -265,7 +265,7 @@ def _released_clone(root, concepts, task="2b_l10"):
 def test_released_data_feeds_neutral_responses_and_steering_prompts(model_dir, tmp_path):
   from steerjax.data import released
   from steerjax.eval.judge import LocalJudge
-  from steerjax.jobs.axbench import Run
+  from steerjax.runtime.session import Session
   config = tiny_config(model_dir, str(tmp_path / "cache"))
   concepts = data.concept_list("concept10", "2b_l10")[:2]
   clone = _released_clone(str(tmp_path / "prosv"), concepts)
@@ -276,11 +276,11 @@ def test_released_data_feeds_neutral_responses_and_steering_prompts(model_dir, t
   def chat(prompts):
     asked.extend(prompts)
     return [WRITTEN_REPLY] * len(prompts)
-  ctx = common.setup(config, log=lines.append, bundle=common.load_model(config))
+  ctx = context.setup(config, log=lines.append, bundle=context.load_model(config))
   with LocalJudge(chat, name="writer", cache_dir=None) as judge:
-    run = Run(ctx, str(tmp_path / "run"), judge)
+    session = Session(ctx, str(tmp_path / "run"), judge)
     simpo = methods.from_config(config, "prosv_simpo")
-    train = run.training_data(simpo)
+    train = session.training_data(simpo)
     tok = ctx.tok
     assert train[1].prompts[2] == tok.chat_prompt(f"Question 2 about {concepts[1].name}?")
     d = config.data
@@ -288,12 +288,12 @@ def test_released_data_feeds_neutral_responses_and_steering_prompts(model_dir, t
         f"An answer 2 full of {concepts[1].name}.")[:d.max_response_tokens]
     assert train[1].neutral[2] == tok.encode("A plain answer 2.")[:d.neutral_max_tokens]
     assert len(train[0].prompts) == config.data.n_train and asked == []
-    prompts = run.steering_prompts(run.bench.concepts)
+    prompts = session.steering_prompts(session.bench.concepts)
     assert prompts == {concepts[0].concept_id: f"Always mention {concepts[0].name}.",
                        concepts[1].concept_id: WRITTEN_REPLY}
     assert len(asked) == 1 and concepts[1].name in asked[0]   # the judge wrote the missing one
     assert any("1 concept(s) not in the file" in line for line in lines)
-    run.store.close()
+    session.store.close()
   attack = released.frame("suppression", "2b_l10", local_clone=clone)
   assert list(attack["steered_prompt"])[3] == f"Instruction 3, never mentioning {concepts[0].name}"
 
@@ -315,7 +315,7 @@ def test_search_job_writes_a_config_the_axbench_job_runs(model_dir, tmp_path, mo
     config.search.update(method="prosv_lang", concepts="config", beta=(1.0, 4.0),
                          lr_factor=(1.0, 10.0), lam=(1.0,), lr_direction=(0.04,), epochs=(1,),
                          batch_size=(3,))
-    bundle = common.load_model(config)
+    bundle = context.load_model(config)
     lines = []
     out = search.run(config, str(tmp_path / "search"), log=lines.append, bundle=bundle)
     assert len(out["points"]) == 4 and out["best"]["overall"] == max(

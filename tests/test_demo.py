@@ -1,16 +1,18 @@
-"""A short end-to-end run of the demo job (train, generate, judge, report)."""
+"""A short end-to-end run of the demo job (train, generate, judge, report), and a rerun that
+reads every concept back."""
 
 import json
 import os
 
 from configs import demo as demo_config
 from steerjax.jobs import demo
+from steerjax.runtime import session
 
 KEYS = {"concept", "method", "concept_score", "instruction_score", "fluency_score", "overall",
         "factor", "n"}
 
 
-def test_quick_demo_writes_results(tmp_path):
+def test_quick_demo_writes_results_and_resumes_per_concept(tmp_path, monkeypatch):
   config = demo_config.get_config("quick")
   config.data_root = os.environ["STEERJAX_DATA"]
   lines = []
@@ -31,7 +33,8 @@ def test_quick_demo_writes_results(tmp_path):
   sampled = [g for g in gens if g["method"] == "fssv_lang_sampled"]
   assert len(sampled) == 14 * 10 * 2                 # factors x prompts x concepts
   assert (tmp_path / "scores.png").stat().st_size > 1000
-  assert os.path.exists(tmp_path / "methods" / "prosv_lang" / "svs" / "tree.safetensors")
+  assert os.path.exists(tmp_path / "methods" / "prosv_lang" / "train" / "svs" /
+                        "tree.safetensors")
   table = "\n".join(lines)
   assert "| prosv_lang |" in table and "| unsteered |" in table
   # The utility column: held-out NLL with the SVs on, beside the unsteered model's.
@@ -42,3 +45,11 @@ def test_quick_demo_writes_results(tmp_path):
   assert "| fluency | generations | judge_calls | heldout_nll |" in open(
       tmp_path / "results.md").read()
   assert (tmp_path / "utility.png").stat().st_size > 1000
+
+  # A rerun finds every concept generated and judged: no training, no generation, same rows.
+  def refuse(*a, **k):
+    raise AssertionError("the rerun generated again")
+  monkeypatch.setattr(session, "generate_many", refuse)
+  monkeypatch.setattr(session.training, "train_concepts", refuse)
+  (tmp_path / "methods" / "unsteered" / "judged" / "toy.jsonl").unlink()   # judged again
+  assert demo.run(config, str(tmp_path), log=lines.append) == rows

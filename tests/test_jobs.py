@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from configs import base, demo as demo_config
-from steerjax import losses, main, methods, train
+from steerjax import jobs, losses, main, methods, train
 from steerjax.checkpoint import load_sv
-from steerjax.jobs import common
+from steerjax.runtime import context, training
 from steerjax.jobs import train as train_job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +29,7 @@ def _config(**train_fields):
 
 @pytest.fixture(scope="module")
 def bundle():
-  return common.load_model(_config())
+  return context.load_model(_config())
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def no_compile(monkeypatch):
   def refuse(*a, **k):
     raise AssertionError("the job compiled before it checked its input")
   monkeypatch.setattr(train, "precompute", refuse)
-  monkeypatch.setattr(common, "generate_many", refuse)
+  monkeypatch.setattr(training, "generate_many", refuse)
 
 
 # ---- registries
@@ -170,8 +170,8 @@ def test_own_data_tokens_and_the_neutral_made_by_the_model(bundle, tmp_path):
   assert [c.name for c in concepts] == list(CONCEPT_ROWS) and ids == [0, 1, 2]
   assert concepts[0].prompts[0] == tok.encode("Once upon a time, story 0.", bos=True)
   assert concepts[0].responses[1] == tok.encode(CONCEPT_ROWS["dogs"][0])
-  ctx = common.Context(config, model, params, tok)
-  made = common.with_model_neutral(ctx, concepts[:1])[0]
+  ctx = context.Context(config, model, params, tok)
+  made = training.with_model_neutral(ctx, concepts[:1])[0]
   assert len(made.neutral) == 4 and all(len(y) <= len(r) for y, r in
                                         zip(made.neutral, made.responses))
 
@@ -208,8 +208,27 @@ def test_parquet_rows_and_a_half_given_neutral(bundle, tmp_path):
     main.plan(config, log=quiet)
 
 
-def test_plan_loads_no_model(monkeypatch):
-  monkeypatch.setattr(common, "load_model", lambda *a: pytest.fail("plan loaded a model"))
+def test_every_job_plans_its_example_from_the_command_line_without_a_model():
+  script = ("import sys\n"
+            "from steerjax.runtime import context\n"
+            "def refuse(*a, **k):\n"
+            "  raise SystemExit('plan loaded a model')\n"
+            "context.load_model = refuse\n"
+            "from absl import app\n"
+            "from steerjax import main\n"
+            "sys.argv = ['steerjax.main', '--plan'] + sys.argv[1:]\n"
+            "app.run(main.main)\n")
+  procs = {name: subprocess.Popen([sys.executable, "-c", script, *job.example.split()],
+                                  cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for name, job in jobs.JOBS.items()}
+  for name, proc in procs.items():
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, f"{name}: {stderr[-2000:]}"
+    lines = [line for line in stdout.splitlines() if line.startswith("| total |")]
+    assert len(lines) == 1, f"{name}: {stdout[-2000:]}"
+
+
+def test_plan_counts_the_demo():
   rows = main.plan(demo_config.get_config(), log=quiet)
   by_method = {r["method"]: r for r in rows}
   assert by_method["prosv_lang"]["svs"] == 3 and by_method["unsteered"]["svs"] == 0
@@ -240,8 +259,8 @@ def test_concepts_per_step_chosen_by_memory_trains_the_same_svs(bundle, tmp_path
   config.data.concepts = ("dog", "cat", "sun", "tree")
   concepts, _ = sources.training_concepts(config, tok)
   m = method_lib.base_method(config)
-  two = memory.step_bytes(model, params, m.spec, m.step, m.run, concepts[:2])
-  four = memory.step_bytes(model, params, m.spec, m.step, m.run, concepts)
+  two = memory.step_bytes(model, params, m.spec, m.step, m.loop, concepts[:2])
+  four = memory.step_bytes(model, params, m.spec, m.step, m.loop, concepts)
   assert four > two
   monkeypatch.setattr(memory, "device_bytes", lambda device=None: (two + four) // 2)
   config.train.memory_fraction = 1.0

@@ -11,7 +11,7 @@ import torch
 from transformers import generation as hf
 
 from steerjax.generate import repetition_penalty, top_k_filter, top_p_filter
-from steerjax.jobs.sampling import sampling_options
+from steerjax.generate import sampling_options
 
 V = 50
 

@@ -9,7 +9,7 @@ from steerjax.data.batching import ConceptData
 from steerjax.eval.offline_judge import OfflineJudge
 from steerjax.eval.scoring import RATINGS
 from steerjax.generate import generate
-from steerjax.jobs import common
+from steerjax.runtime import context, training
 
 N_TRAIN = 20   # every concept has at least this many pairs in the local excerpt
 
@@ -139,9 +139,9 @@ def test_neutral_responses_are_the_models_greedy_text(bench, stories):
   model, params, tokenizer = stories
   # Prompts of one length and batches of one size: every call reuses one compiled program.
   pairs = [(x[:24], y) for x, y in bench["dog"]["train"][:5]]
-  ctx = common.Context(None, model, params, tokenizer)
+  ctx = context.Context(None, model, params, tokenizer)
   concept = ConceptData("dog", [x for x, _ in pairs], [y for _, y in pairs])
-  (made,) = common.with_model_neutral(ctx, [concept], batch_size=3)   # the last batch padded
+  (made,) = training.with_model_neutral(ctx, [concept], batch_size=3)   # the last batch padded
   neutral = made.neutral
   assert len(neutral) == 5
   for (_, y_ids), y in zip(pairs, neutral):
@@ -149,7 +149,7 @@ def test_neutral_responses_are_the_models_greedy_text(bench, stories):
   x, y_ids = pairs[4]
   alone = generate(model, params, [x] * 3, max_new_tokens=len(y_ids))[0]
   assert neutral[4] == alone
-  assert common.with_model_neutral(ctx, [concept], batch_size=3)[0].neutral is neutral  # cached
+  assert training.with_model_neutral(ctx, [concept], batch_size=3)[0].neutral is neutral  # cached
 
 
 # ---------------------------------------------------------------- the judge

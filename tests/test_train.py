@@ -245,15 +245,15 @@ def test_reps_as_axbench_trains_it():
 
 def test_grid_points_stacked_as_rows_equal_separate_runs(tiny, tmp_path):
   """A search stacks grid points with their own beta, lam and rates as rows of one step."""
-  from steerjax.train import RunConfig
+  from steerjax.train import LoopConfig
   model, params = tiny
   spec, (c,) = SteerSpec(1, "f2+l2"), _concepts(1)
   step, run = train_configs(**OPTS)
   points = [dataclasses.replace(run, beta=b, lam=lam, lr_factor=lr)
             for b, lam, lr in ((1.0, 4.0, 0.5), (4.0, 1.0, 2.0), (2.0, 8.0, 0.1))]
-  assert all(isinstance(p, RunConfig) for p in points)
+  assert all(isinstance(p, LoopConfig) for p in points)
   stacked = train_concepts(model, params, spec, [c] * 3, [0, 0, 0], step, run,
-                           str(tmp_path / "stacked"), log=quiet, row_runs=points)
+                           str(tmp_path / "stacked"), log=quiet, row_loops=points)
   for k, point in enumerate(points):
     alone = train_concepts(model, params, spec, [c], [0], step, point, str(tmp_path / str(k)),
                            log=quiet)

@@ -15,7 +15,8 @@ from conftest import DATA
 from steerjax import checkpoint, methods
 from steerjax.data import axbench as data
 from steerjax.eval import utility
-from steerjax.jobs import attack, common
+from steerjax.jobs import attack
+from steerjax.runtime import context, training
 from steerjax.jobs import utility as utility_job
 from steerjax.steering import init_sv
 from test_axbench import KEY_ENV, _released_clone, tiny_config
@@ -94,7 +95,7 @@ def _items(tmp_path):
 
 def _svs(config, bundle, workdir, names=("prosv_lang", "fssv_lang")):
   """SV files where the axbench job writes them, for the first two concepts."""
-  ctx = common.Context(config, *bundle)
+  ctx = context.Context(config, *bundle)
   for k, name in enumerate(names):
     m = methods.from_config(config, name)
     for c in data.concept_list("concept10", "2b_l10")[:2]:
@@ -102,7 +103,7 @@ def _svs(config, bundle, workdir, names=("prosv_lang", "fssv_lang")):
       sv = {key: np.asarray(v) for key, v in sv.items()}
       checkpoint.save_sv(os.path.join(workdir, "methods", name, "train", "svs",
                                       f"{data.concept_name(c)}.safetensors"), sv,
-                         common.sv_meta(ctx, m, data.concept_name(c), sv["factor"]))
+                         training.sv_meta(ctx, m, data.concept_name(c), sv["factor"]))
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_utility_and_attack_jobs_end_to_end_then_resume(model_dir, tmp_path, mon
   monkeypatch.setenv(KEY_ENV, "sk-test")
   with JudgeServer() as server:
     config = tiny_config(model_dir, str(tmp_path / "cache"), server.url)
-    bundle = common.load_model(config)
+    bundle = context.load_model(config)
     svs_from = str(tmp_path / "axbench")
     _svs(config, bundle, svs_from)
     rows = ("unsteered", "prompting", "prosv_lang", "fssv_lang", "fssv_lang@0.5")

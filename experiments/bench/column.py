@@ -32,7 +32,7 @@ from steerjax import losses, memory
 from steerjax.generate import generate
 from steerjax.models import Decoder, preset
 from steerjax.steering import SteerSpec, init_sv
-from steerjax.train import (RunConfig, StepConfig, fresh_state, optimizer_for, precompute,
+from steerjax.train import (LoopConfig, StepConfig, fresh_state, optimizer_for, precompute,
                             prepare_data, train_concepts, train_step)
 
 PAPER_POC_HOURS = 12.0          # ~1.5 min per Lang SV x 500 (paper's proof of concept)
@@ -52,7 +52,7 @@ def concepts_data(cfg, count: int, examples: int, seq: int):
 def bench_train(model, params, cfg, args, C, concepts, peak):
   spec = SteerSpec(args.layer, "f2+l2")
   step_cfg = StepConfig(objective="lang", batch_size=args.batch, epochs=EPOCHS)
-  run_cfg = RunConfig(prefix_cache="on", prefix_cache_max_bytes=1 << 40)
+  run_cfg = LoopConfig(prefix_cache="on", prefix_cache_max_bytes=1 << 40)
   data, n = prepare_data(concepts[:C], "lang", cfg.pad_id)
   arrays = jax.block_until_ready(precompute(model, params, spec, data, step_cfg, run_cfg,
                                             log=quiet))
@@ -99,7 +99,7 @@ def check_stacked_equals_alone(model, params, cfg, args, concepts, C, workdir):
   """Largest relative difference of the SVs of C concepts trained stacked vs alone."""
   spec = SteerSpec(args.layer, "f2+l2")
   step_cfg = StepConfig(objective="lang", batch_size=args.batch, epochs=1)
-  run_cfg = RunConfig(max_steps=args.check_steps, log_every=1000, checkpoint_every=1000)
+  run_cfg = LoopConfig(max_steps=args.check_steps, log_every=1000, checkpoint_every=1000)
   together = train_concepts(model, params, spec, concepts[:C], range(C), step_cfg, run_cfg,
                             os.path.join(workdir, "stacked"), log=quiet)
   worst = 0.0
@@ -160,7 +160,7 @@ def main():
   if args.auto:
     step_cfg = StepConfig(objective="lang", batch_size=args.batch, epochs=EPOCHS)
     result["auto_concepts_per_step"] = memory.pick_concepts_per_step(
-        model, params, SteerSpec(args.layer, "f2+l2"), step_cfg, RunConfig(prefix_cache="on"),
+        model, params, SteerSpec(args.layer, "f2+l2"), step_cfg, LoopConfig(prefix_cache="on"),
         concepts, most=max(args.concepts))
   if args.check:
     import tempfile

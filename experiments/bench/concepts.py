@@ -19,7 +19,7 @@ import tempfile
 from experiments.bench import common as bc
 from steerjax.models import load
 from steerjax.steering import SteerSpec
-from steerjax.train import RunConfig, StepConfig, train_concepts
+from steerjax.train import LoopConfig, StepConfig, train_concepts
 
 STORIES = os.path.join("stories260K", "stories260K.bin")
 EXAMPLES = 72
@@ -65,7 +65,7 @@ def main():
   cfg = model.cfg
   spec = SteerSpec(args.layer, "f2+l2")
   step_cfg = StepConfig(objective=args.objective, batch_size=bc.BATCH, epochs=args.epochs)
-  run_cfg = RunConfig(prefix_cache=args.prefix_cache, log_every=10**6, checkpoint_every=10**6)
+  run_cfg = LoopConfig(prefix_cache=args.prefix_cache, log_every=10**6, checkpoint_every=10**6)
   steps = (EXAMPLES // bc.BATCH) * args.epochs
   root = tempfile.mkdtemp(prefix="bench_concepts_")
   fns, first = {}, {}

@@ -33,7 +33,7 @@ from steerjax.data.batching import ConceptData
 from steerjax.generate import generate
 from steerjax.models import Decoder, preset
 from steerjax.steering import SteerSpec, init_sv
-from steerjax.train import (RunConfig, StepConfig, fresh_state, optimizer_for, precompute,
+from steerjax.train import (LoopConfig, StepConfig, fresh_state, optimizer_for, precompute,
                             prepare_data, train_step)
 
 # Nominal dense bf16 peak per JAX device, TFLOP/s; the first matching substring wins.
@@ -121,7 +121,7 @@ def timed_steps(fn, steps):
 def bench_train(model, params, cfg, args, objective, sv_kind, cache, peak):
   spec = SteerSpec(args.layer, SV_POSITIONS[sv_kind])
   step_cfg = StepConfig(objective=objective, batch_size=args.batch, epochs=1)
-  run_cfg = RunConfig(prefix_cache="on" if cache else "off")
+  run_cfg = LoopConfig(prefix_cache="on" if cache else "off")
   data, _ = prepare_data([random_data(cfg, args.batch, args.seq)], objective, cfg.pad_id)
   t0 = time.perf_counter()
   arrays = jax.block_until_ready(precompute(model, params, spec, data, step_cfg, run_cfg,

@@ -121,7 +121,7 @@ def train_row(model, mesh, params, params_sh, layer, objective):
   """Per-device bytes of one sharded train step."""
   batch, width = BATCH[objective], model.cfg.dim
   step_cfg = train.StepConfig(objective=objective, batch_size=batch)
-  run_cfg = train.RunConfig(prefix_cache="on", prefix_cache_max_bytes=1 << 40)
+  run_cfg = train.LoopConfig(prefix_cache="on", prefix_cache_max_bytes=1 << 40)
   spec, total = SteerSpec(layer, "f2+l2"), N_EXAMPLES // batch * step_cfg.epochs
   tx, _ = train.optimizer_for(width, step_cfg, run_cfg, total)
   state = jax.eval_shape(lambda: train.fresh_state(step_cfg, run_cfg, width, [0], total))

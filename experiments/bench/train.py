@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from experiments.bench import torch_reference as tr  # noqa: E402
 from steerjax import losses  # noqa: E402
 from steerjax.steering import SteerSpec  # noqa: E402
-from steerjax.train import (RunConfig, StepConfig, fresh_state, optimizer_for,  # noqa: E402
+from steerjax.train import (LoopConfig, StepConfig, fresh_state, optimizer_for,  # noqa: E402
                             precompute, prepare_data, train_step)
 
 POSITIONS = {"PrOSV": "f2+l2", "FSSV": "all"}
@@ -75,7 +75,7 @@ def bench_case(hf, model, params, shape, layer, objective, sv_kind, args):
   spec = SteerSpec(layer, positions)
   lr_f, lr_d = LR[sv_kind]
   step_cfg = StepConfig(objective=objective, batch_size=args.batch, epochs=1)
-  run_cfg = RunConfig(beta=BETA[sv_kind], lam=LAM[sv_kind], lr_factor=lr_f, lr_direction=lr_d)
+  run_cfg = LoopConfig(beta=BETA[sv_kind], lam=LAM[sv_kind], lr_factor=lr_f, lr_direction=lr_d)
   concept = bc.concept_data("bench", args.batch, shape["vocab"], seed=1, seq_len=args.seq)
   data, _ = prepare_data([concept], objective, model.cfg.pad_id)
   steppers, compile_s = {}, {}

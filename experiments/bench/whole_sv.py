@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from experiments.bench import torch_reference as tr  # noqa: E402
 from steerjax.data.batching import batch_indices  # noqa: E402
 from steerjax.steering import SteerSpec  # noqa: E402
-from steerjax.train import (RunConfig, StepConfig, initial_sv, prepare_data,  # noqa: E402
+from steerjax.train import (LoopConfig, StepConfig, initial_sv, prepare_data,  # noqa: E402
                             train_concepts)
 
 EXAMPLES = 72
@@ -42,10 +42,10 @@ quiet = lambda *a, **k: None
 
 
 def options(objective: str, epochs: int, cache: str):
-  """(StepConfig, RunConfig) of one benchmark run."""
+  """(StepConfig, LoopConfig) of one benchmark run."""
   beta, lam, lr_f, lr_d = SETTINGS[objective]
   step_cfg = StepConfig(objective=objective, batch_size=bc.BATCH, epochs=epochs)
-  run_cfg = RunConfig(beta=beta, lam=lam, lr_factor=lr_f, lr_direction=lr_d, prefix_cache=cache,
+  run_cfg = LoopConfig(beta=beta, lam=lam, lr_factor=lr_f, lr_direction=lr_d, prefix_cache=cache,
                       log_every=10**6, checkpoint_every=10**6)
   return step_cfg, run_cfg
 

@@ -21,7 +21,6 @@ import os
 import sys
 import time
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -30,7 +29,9 @@ from steerjax import methods
 from steerjax.data import sources, tinystories
 from steerjax.eval import scoring
 from steerjax.eval.offline_judge import OfflineJudge
-from steerjax.jobs import common, demo
+from steerjax.runtime import context
+from steerjax.jobs import demo
+from steerjax.runtime.session import Session
 
 POSITIONS = ("all", "prompt", "f2", "l2", "f1+l1", "f4", "l4", "f2+l2", "f8", "l8", "f4+l4")
 BETAS = (1.0, 2.0, 4.0, 8.0)
@@ -65,14 +66,14 @@ class Study:
     self.config.data.concepts = tuple(concepts)
     self.config.data.n_train = N_TRAIN
     self.config.data.prefix_tokens = PREFIX_TOKENS
-    self.ctx = common.setup(self.config, log=lambda *a: None)
+    self.ctx = context.setup(self.config, log=lambda *a: None)
     self.bundle = self.ctx.bundle
     self.bench = sources.tinystories_benchmark(self.config, self.ctx.tok)
     self.judge = OfflineJudge(*self.bundle)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
 
   def method(self, key: str, overrides: dict, seed: int, epochs: int = 12):
-    """(context, method) of one (method overrides, seed) run."""
+    """(session, method) of one (method overrides, seed) run; close the session's store."""
     config = ml_collections.ConfigDict(self.config.to_dict())
     config.seed = seed
     config.train.epochs = epochs
@@ -81,12 +82,16 @@ class Study:
     else:   # run keys are not method names, so an untrained run says what it is
       overrides = dict(overrides, kind=overrides.get("kind", "unsteered"))
     config.method_overrides[key] = ml_collections.ConfigDict(overrides)
-    return dataclasses.replace(self.ctx, config=config), methods.from_config(config, key)
+    session = Session(dataclasses.replace(self.ctx, config=config),
+                      os.path.join(self.out, "work", key), self.judge, bench=self.bench)
+    return session, methods.from_config(config, key)
 
   def svs(self, key: str, overrides: dict, seed: int, epochs: int = 12):
     """The SVs of a trained run (trained now or read back) and the method."""
-    ctx, method = self.method(key, overrides, seed, epochs)
-    return demo.train_method(ctx, method, os.path.join(self.out, "work", key, "methods", key)), method
+    session, method = self.method(key, overrides, seed, epochs)
+    svs = session.train(method)
+    session.store.close()
+    return svs, method
 
   def run(self, key: str, overrides: dict, seed: int, epochs: int = 12, robust: bool = False,
           factor_scale: float = 1.0, train_key: str = ""):
@@ -99,16 +104,19 @@ class Study:
     if self.cached_only:
       return None
     t0 = time.time()
-    ctx, method = self.method(key, overrides, seed, epochs)
+    session, method = self.method(key, overrides, seed, epochs)
     svs = None
     if method.trained:
       svs, _ = self.svs(train_key or key, overrides, seed, epochs)
       if factor_scale != 1.0:
         svs = {c: dict(sv, factor=np.asarray(sv["factor"]) * factor_scale)
                for c, sv in svs.items()}
-    gens = demo.generations(ctx, method, self.bench, svs, jax.random.PRNGKey(seed),
-                            rewrite=_robust_opening if robust else None)
-    gens = demo.judge_records(self.judge, gens)
+    if robust:
+      session.inputs = {c.concept_id: [_robust_opening(c.name, x)
+                                       for x in self.bench.instructions[c.concept_id]]
+                        for c in self.bench.concepts}
+    gens = session.evaluate(method, svs)
+    session.store.close()
     rows = scoring.score_method(key, gens, grid=method.grid is not None)
     with open(path, "w") as f:
       json.dump({"overrides": overrides, "seed": seed, "rows": rows,
@@ -204,7 +212,7 @@ def _plot_heatmaps(cells, path):
 
 
 def heldout_nll(study: Study, svs, spec) -> float:
-  return demo.heldout_nll(study.ctx, study.bench, svs, spec)
+  return demo.heldout_nll(study.ctx, svs, spec)
 
 
 def study_utility(study: Study, seeds):

@@ -19,11 +19,11 @@ import numpy as np
 from steerjax.data.batching import ConceptData
 from steerjax.models import Decoder, ModelConfig
 from steerjax.steering import SteerSpec
-from steerjax.train import RunConfig, StepConfig, initial_sv, train_concepts
+from steerjax.train import LoopConfig, StepConfig, initial_sv, train_concepts
 
 REF_WIDTH = 64
 STEP = StepConfig(batch_size=4, epochs=1)
-BASE = RunConfig(beta=1.0, lam=1.0, lr_factor=1.0, lr_direction=0.04, max_steps=1,
+BASE = LoopConfig(beta=1.0, lam=1.0, lr_factor=1.0, lr_direction=0.04, max_steps=1,
                  log_every=1000, checkpoint_every=1000, prefix_cache="on")
 EQUAL_LR = 0.04
 

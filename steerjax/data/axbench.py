@@ -10,7 +10,6 @@ neutral responses for SimPO are made once and kept in an on-disk store.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Callable, Dict, List, Optional, Sequence
@@ -19,13 +18,12 @@ import pandas as pd
 
 from steerjax import paths
 from steerjax.data.batching import ConceptData
+from steerjax.data.benchmark import N_EVAL, Benchmark, Concept, concept_name  # noqa: F401
 from steerjax.store import TextStore
 
 HUB_REPOS = {"concept10": "pyvene/axbench-concept10", "concept500": "pyvene/axbench-concept500"}
 TASKS = ("2b_l10", "2b_l20", "9b_l20", "9b_l31")
 ALPACA_REPO = "tatsu-lab/alpaca_eval"
-N_EVAL = 10
-NEUTRAL_SOURCES = ("model", "judge", "released")
 
 NEUTRAL_REQUEST = """\
 Reply to the instruction below the way a helpful assistant would, in at most about 100 \
@@ -35,13 +33,6 @@ concept: {concept}
 Instruction: {instruction}
 
 Write only the reply itself."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Concept:
-  concept_id: int
-  name: str
-  ref: str = ""
 
 
 def _check(suite: str, task: str):
@@ -167,14 +158,6 @@ def neutral_responses(store: TextStore, source: str, source_name: str, items: Se
   return [(v["ids"] if "ids" in v else tok.encode(v["text"]))[:max_tokens] for v in found]
 
 
-@dataclasses.dataclass
-class Benchmark:
-  """The concepts of one run with their training pairs and test instructions."""
-  concepts: List[Concept]
-  pairs: Dict[int, List[tuple]]
-  instructions: Dict[int, List[str]]
-
-
 def load_benchmark(suite: str, task: str, first: int = 0, count: int = 0, n_train: int = 0,
                    data_root: Optional[str] = None) -> Benchmark:
   """Concepts `first .. first+count-1` of the task's list (count 0: to the end)."""
@@ -187,11 +170,6 @@ def load_benchmark(suite: str, task: str, first: int = 0, count: int = 0, n_trai
   alpaca = alpaca_frame(data_root)
   return Benchmark(chosen, {c.concept_id: positives(frame, c, n_train) for c in chosen},
                    {c.concept_id: eval_instructions(alpaca, c.concept_id) for c in chosen})
-
-
-def concept_name(concept: Concept) -> str:
-  """File-safe name of a concept's SV and result files."""
-  return f"{concept.concept_id:04d}"
 
 
 def training_data(bench: Benchmark, tok, max_response_tokens: int = 128,

@@ -16,6 +16,7 @@ from typing import List, Tuple
 
 from steerjax.data import axbench, local, tinystories
 from steerjax.data.batching import ConceptData
+from steerjax.data.benchmark import Benchmark, Concept
 
 SOURCES = ("tinystories", "axbench", "file")
 
@@ -39,14 +40,26 @@ def _tinystories(data_root, concepts, n_train, n_eval, seed, max_stories, prefix
                                      continuation_tokens=continuation_tokens)
 
 
-def tinystories_benchmark(config, tokenizer) -> dict:
-  """concept -> {"train": [(x_ids, y_ids)], "eval": [x_ids], "train_text", "eval_text"}."""
+def tinystories_entries(config, tokenizer) -> dict:
+  """concept -> {"train": [(x_ids, y_ids)], "eval": [x_ids], "train_text", "eval_text",
+  "train_stories", "eval_stories"} (see `tinystories.build_benchmark`)."""
   d = config.data
   return _tinystories(config.data_root, tuple(d.concepts), d.n_train, d.n_eval, d.seed,
                       d.max_stories, d.prefix_tokens, d.continuation_tokens, tokenizer)
 
 
-def axbench_benchmark(config) -> axbench.Benchmark:
+def tinystories_benchmark(config, tokenizer) -> Benchmark:
+  """The TinyStories concepts as a benchmark: story openings are the test instructions,
+  each concept's description its steering prompt, its word its file name."""
+  entries = tinystories_entries(config, tokenizer)
+  concepts = [Concept(k, name, key=name) for k, name in enumerate(config.data.concepts)]
+  return Benchmark(
+      concepts, {c.concept_id: entries[c.name]["train_text"] for c in concepts},
+      {c.concept_id: entries[c.name]["eval_text"] for c in concepts},
+      {c.concept_id: tinystories.CONCEPTS[c.name].description for c in concepts})
+
+
+def axbench_benchmark(config) -> Benchmark:
   d = config.data
   return axbench.load_benchmark(d.suite, d.task, d.first_concept, d.num_concepts, d.n_train,
                                 config.data_root or None)
@@ -57,7 +70,7 @@ def training_concepts(config, tokenizer) -> Tuple[List[ConceptData], List[int]]:
   check(config)
   d = config.data
   if d.source == "tinystories":
-    bench = tinystories_benchmark(config, tokenizer)
+    bench = tinystories_entries(config, tokenizer)
     concepts = [ConceptData(name, [list(x) for x, _ in bench[name]["train"]],
                             [list(y) for _, y in bench[name]["train"]])
                 for name in d.concepts]

@@ -33,6 +33,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Protocol,
                     Sequence, Tuple)
 
+from steerjax import paths
 from steerjax.eval.judge_client import (FATAL_STATUS, AsyncChat, Reply,  # noqa: F401
                                         retry_after_seconds)
 from steerjax.eval.templates import (KINDS, MAX_RATING, PROMPTS, STEERJAX,  # noqa: F401
@@ -42,7 +43,7 @@ from steerjax.store import JsonlStore as ReplyCache
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "judge_cache.jsonl"
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "steerjax", "judge")
+DEFAULT_CACHE_DIR = os.path.join(paths.DEFAULT_CACHE_ROOT, "judge")
 MODES = ("online", "batch")
 
 
@@ -106,12 +107,16 @@ class MissingRatings(RuntimeError):
 class Judge(Protocol):
   """What every judge offers (OpenAIJudge, LocalJudge, OfflineJudge): `rate(items)` with
   items {"concept", "instruction", "continuation"} -> per item {"concept_score",
-  "instruction_score", "fluency_score", "ok"}; `stats`; `name` (identifies it in caches);
-  `close()`. The LLM judges add `submit(items) -> RatingHandle` and `ask(prompts)`."""
+  "instruction_score", "fluency_score", "ok"}; `ask(prompts)` -> replies, for the texts a
+  run has the judge write (neutral responses, steering and suppression prompts); `stats`;
+  `name` (identifies it in caches); `close()`. The LLM judges add `submit(items) ->
+  RatingHandle`; `rate_behind` and the module-level `submit` take any judge."""
   name: str
   stats: JudgeStats
 
   def rate(self, items: Sequence[Mapping[str, str]]) -> List[dict]: ...
+
+  def ask(self, prompts: Sequence[str]) -> List[str]: ...
 
   def close(self): ...
 

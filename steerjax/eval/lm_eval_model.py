@@ -7,7 +7,8 @@
   lm_eval.simple_evaluate(model=SteerjaxLM(...), tasks=[...])   # from Python
 
 `model_args`: `model` (alias, HF directory, hub id or llama2.c .bin), `sv` (an SV file;
-none = unsteered), `factor_scale` (multiplies the SV's factor), `dtype`, `max_length`;
+none = unsteered), `factor_scale` (multiplies the SV's factor), `dtype`, `max_length`,
+`thinking` (a chat template's thinking switch, as Qwen3's; off by default);
 the batch size is lm-eval's own `--batch_size`. The SV acts as in generation: a prompt-only SV (PrOSV) edits its positions
 of the context only, so scoring a continuation and decoding run the unsteered model past
 the context; an SV over all tokens (FSSV) edits every token, the continuation's and the
@@ -29,7 +30,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from steerjax import checkpoint
 from steerjax.generate import generate_many
-from steerjax.steering import SteerSpec, positions_mask, steer
+from steerjax.models import DTYPES, load, load_tokenizer, stop_ids
+from steerjax.steering import SteerSpec, forward
 
 PAD_MULTIPLE = 16
 
@@ -37,12 +39,7 @@ PAD_MULTIPLE = 16
 @functools.partial(jax.jit, static_argnames=("model", "spec"))
 def _continuation_scores(model, spec, params, sv, tokens, valid, prompt, at, target):
   """(log p of each target [B, R], whether it is the argmax [B, R]) at positions `at`."""
-  if sv is None:
-    logits = model.apply({"params": params}, tokens, valid_BT=valid, logits_at=at)
-  else:
-    mask = positions_mask(spec.positions, prompt, valid)
-    logits = steer(model.apply, spec)({"params": params}, sv, tokens, mask, valid_BT=valid,
-                                      logits_at=at)
+  logits = forward(model, params, tokens, valid, prompt, sv, spec, logits_at=at)
   logp = jax.nn.log_softmax(logits, axis=-1)
   picked = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
   return picked, jnp.argmax(logits, axis=-1) == target
@@ -55,15 +52,13 @@ class SteerjaxLM(TemplateLM):
   def __init__(self, model: str = "stories260K", sv: str = "", factor_scale: float = 1.0,
                batch_size: int = 8, dtype: str = "float32", max_length: int = 0,
                data_root: str = "", bundle=None, sv_tree=None, spec: Optional[SteerSpec] = None,
-               **_ignored):
+               thinking: bool = False, **_ignored):
     super().__init__()
-    from steerjax.jobs import common
     self.model_name = model
     if bundle is None:
       root = data_root or None
-      from steerjax.models import load, load_tokenizer
-      bundle = load(model, common.DTYPES[dtype], data_root=root) + (
-          load_tokenizer(model, data_root=root),)
+      bundle = load(model, DTYPES[dtype], data_root=root) + (
+          load_tokenizer(model, data_root=root, thinking=thinking),)
     self.model, self.params, self.tok = bundle
     if sv:
       sv_tree, meta = checkpoint.load_sv(sv, self.model.cfg)
@@ -75,7 +70,7 @@ class SteerjaxLM(TemplateLM):
                  "direction": jnp.asarray(sv_tree["direction"], jnp.float32)}
     self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8   # "auto": 8
     self._max_length = int(max_length) or self.model.cfg.max_seq_len
-    self.stops = common.stop_ids(self.model, self.tok)
+    self.stops = stop_ids(self.model.cfg, self.tok)
 
   # ---- tokenizer and chat template
   @property
@@ -95,7 +90,7 @@ class SteerjaxLM(TemplateLM):
     return self.model_name.replace("/", "__")
 
   def chat_template(self, chat_template=False):
-    return getattr(self.tok._tok, "chat_template", None) or ""
+    return self.tok.chat_template
 
   def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
     return self.tok.chat_text(chat_history, add_generation_prompt)
@@ -180,7 +175,7 @@ class SteerjaxLM(TemplateLM):
                  for i in members]
       got = generate_many(self.model, self.params, prompts, max_new_tokens=budget,
                           batch_size=self.batch_size, temperature=temperature,
-                          rng=jax.random.PRNGKey(0), sv=self.sv,
+                          rng=jax.random.key(0), sv=self.sv,
                           spec=self.spec if self.sv is not None else None, stop_ids=self.stops)
       for i, ids in zip(members, got):
         text = self.tok.decode(ids)

@@ -166,6 +166,11 @@ class OfflineJudge:
     """[{"concept_score", "instruction_score", "fluency_score", "ok"}] in item order."""
     return [dict(self.rating(m), ok=True) for m in self.measure(items)]
 
+  def ask(self, prompts: Sequence[str]) -> list:
+    raise ValueError("the offline judge rates but writes no text: take neutral responses "
+                     "from the model (data.neutral=model) and steering prompts from the "
+                     "benchmark (eval.steering_prompts=benchmark)")
+
   def close(self):
     pass
 

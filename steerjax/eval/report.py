@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from steerjax import paths
 from steerjax.eval import scoring
 from steerjax.eval.scoring import RATINGS
 
@@ -92,9 +93,8 @@ def write(folder: str, title: str, summary: List[dict], rows: List[dict],
               + (f" {extra_notes}" if extra_notes else "") + "\n")
   if "judge" in extra:
     markdown += f"\njudge: {json.dumps(extra['judge'])}\n"
-  markdown += f"\nPer concept:\n\n{_rounded_table(rows, PER_CONCEPT_COLUMNS)}\n"
-  with open(os.path.join(folder, "results.md"), "w", encoding="utf-8") as f:
-    f.write(markdown)
+  markdown += f"\nPer concept:\n\n{rounded_table(rows, PER_CONCEPT_COLUMNS)}\n"
+  paths.write_atomic(os.path.join(folder, "results.md"), markdown)
   _csv(os.path.join(folder, "summary.csv"), summary, columns)
   _csv(os.path.join(folder, "per_concept.csv"), rows, PER_CONCEPT_COLUMNS)
   with open(os.path.join(folder, "summary.json"), "w", encoding="utf-8") as f:
@@ -112,7 +112,8 @@ NOTES = ("overall = mean over concepts of the per-concept score (harmonic mean o
          "(pick on one half, score the other).")
 
 
-def _rounded_table(rows: List[dict], columns) -> str:
+def rounded_table(rows: List[dict], columns=None) -> str:
+  """A markdown table of `rows` with floats rounded to 3 places."""
   return scoring.results_table(
       [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
       columns)
@@ -120,4 +121,34 @@ def _rounded_table(rows: List[dict], columns) -> str:
 
 def summary_table(summary: List[dict], columns=SUMMARY_COLUMNS) -> str:
   """The markdown table of the summary rows, as results.md shows it."""
-  return _rounded_table(summary, columns)
+  return rounded_table(summary, columns)
+
+
+def score(name: str, records: List[dict], grid: bool, rows: List[dict]) -> dict:
+  """A method's summary from its judged records; its per-concept rows are appended to
+  `rows`."""
+  method_rows = scoring.score_method(name, records, grid=grid)
+  rows += method_rows
+  return scoring.summarize(name, method_rows, records, grid=grid)
+
+
+def results_folder(config, workdir: str) -> str:
+  """`config.results_dir`, or `<workdir>/results`."""
+  return config.results_dir or os.path.join(workdir, "results")
+
+
+def scatter(path: str, points: List[dict], x: str, y: str, label: str, xlabel: str,
+            ylabel: str):
+  """A labelled scatter plot of `points` ({x, y, label} keys) as a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5.5, 4.2))
+  for p in points:
+    ax.scatter(p[x], p[y])
+    ax.annotate(p[label], (p[x], p[y]), fontsize=7)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

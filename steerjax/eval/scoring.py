@@ -16,10 +16,11 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from steerjax.eval.templates import MAX_RATING
+
 RATINGS = ("concept_score", "instruction_score", "fluency_score")
 SELECTION_IDS = tuple(range(0, 5))
 EVAL_IDS = tuple(range(5, 10))
-MAX_RATING = 2
 # Means closer than this count as a tie, so float summation order cannot decide the pick.
 TIE_TOLERANCE = 1e-9
 

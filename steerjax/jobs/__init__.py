@@ -1,41 +1,47 @@
-"""The jobs a config can name (`config.job`), one file each: setup once, then library calls.
+"""The jobs a config can name (`config.job`), one module each: set up once, then call the
+runtime (`steerjax.runtime`) and the library.
 
-Each entry is a `Job(run, plan)`: `run(config, workdir, log=print)` does the work;
-`plan(config)` returns its cost rows without loading a model. A new job is one file here
-and one entry in `JOBS`.
+Each module defines `run(config, workdir, log=print)`, which does the work, and
+`plan(config)`, which returns its cost rows without loading a model. A new job is one
+module here and one entry in `JOBS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from typing import Callable
+from types import ModuleType
+
+from steerjax.jobs import attack, axbench, demo, search, train, utility
 
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-  module: str       # steerjax.jobs.<module> defines run(config, workdir, log) and plan(config)
+  module: ModuleType   # defines run(config, workdir, log) and plan(config)
   summary: str
-
-  def load(self):
-    return importlib.import_module(f"steerjax.jobs.{self.module}")
+  example: str         # the command-line arguments of an example run
 
   @property
-  def run(self) -> Callable:
-    return self.load().run
+  def run(self):
+    return self.module.run
 
   @property
-  def plan(self) -> Callable:
-    return self.load().plan
+  def plan(self):
+    return self.module.plan
 
 
+_G2B = "--config=configs/axbench_gemma2_2b.py"
 JOBS = {
-    "train": Job("train", "steering vectors for the concepts of data.source"),
-    "demo": Job("demo", "every method on TinyStories concepts, offline judge, results table"),
-    "axbench": Job("axbench", "the paper's Table 2 protocol on AxBench with an LLM judge"),
-    "search": Job("search", "the paper's hyperparameter grid on development concepts"),
-    "utility": Job("utility", "tinyMMLU / tinyGSM8K accuracy of steered models"),
-    "attack": Job("attack", "steering under concept-suppressing prompts; the trade-off front"),
+    "train": Job(train, "steering vectors for the concepts of data.source",
+                 "--config=configs/base.py"),
+    "demo": Job(demo, "every method on TinyStories concepts, offline judge, results table",
+                "--config=configs/demo.py"),
+    "axbench": Job(axbench, "the paper's Table 2 protocol on AxBench with an LLM judge", _G2B),
+    "search": Job(search, "the paper's hyperparameter grid on development concepts",
+                  f"{_G2B} --config.job=search"),
+    "utility": Job(utility, "tinyMMLU / tinyGSM8K accuracy of steered models",
+                   f"{_G2B} --config.job=utility --config.utility.svs_from=runs/g2b_l10"),
+    "attack": Job(attack, "steering under concept-suppressing prompts; the trade-off front",
+                  f"{_G2B} --config.job=attack --config.attack.svs_from=runs/g2b_l10"),
 }
 
 

@@ -23,11 +23,13 @@ from typing import Dict, List
 
 import numpy as np
 
-from steerjax.data import axbench as data
+from steerjax import paths
 from steerjax.data import released
-from steerjax.eval import report, scoring
-from steerjax.jobs import axbench, common, steered
-from steerjax.jobs.judges import cache_root
+from steerjax.data.benchmark import N_EVAL, concept_name
+from steerjax.eval import report
+from steerjax.runtime import plans
+from steerjax.runtime import rows as table_rows
+from steerjax.runtime.session import open_session
 
 SUPPRESSION_REQUEST = """\
 Rewrite the instruction below so that, besides asking for what it asks, it tells the \
@@ -42,34 +44,34 @@ Write only the rewritten instruction."""
 
 def plan(config) -> list:
   a = config.attack
-  rows = steered.parse_rows(config, a.rows)
+  rows = table_rows.parse_rows(config, a.rows)
   n = a.num_concepts or config.data.num_concepts or 500
-  out = [common.method_cost(dataclasses.replace(r.method, name=r.name), n, 0, 0, data.N_EVAL,
-                            config.eval.max_new_tokens) for r in rows]
+  out = [plans.method_cost(dataclasses.replace(r.method, name=r.name), n, 0, 0, N_EVAL,
+                           config.eval.max_new_tokens) for r in rows]
   for row in out:
     row["svs"] = 0   # read from the axbench run, not trained
   return out
 
 
-def attack_prompts(run, concepts, log=print) -> Dict[int, List[str]]:
+def attack_prompts(session, concepts, log=print) -> Dict[int, List[str]]:
   """{concept_id: the 10 rewritten instructions}: released ones, the rest written by the
   judge (stored, so asked once)."""
-  cfg = run.config
+  cfg = session.config
   out = {}
   if cfg.attack.prompts == "released":
-    table = released.frame("suppression", cfg.data.task, cache_root(cfg), cfg.data.released_repo)
+    table = released.frame("suppression", cfg.data.task, session.cache_root, cfg.data.released_repo)
     found = released.by_concept(table, concepts, log, "suppression prompts")
     for cid, rows in found.items():
       by_original = dict(zip(rows["original_prompt"], rows["steered_prompt"]))
-      if all(x in by_original for x in run.bench.instructions[cid]):
-        out[cid] = [by_original[x] for x in run.bench.instructions[cid]]
+      if all(x in by_original for x in session.bench.instructions[cid]):
+        out[cid] = [by_original[x] for x in session.bench.instructions[cid]]
   todo = [(c, i, x) for c in concepts if c.concept_id not in out
-          for i, x in enumerate(run.bench.instructions[c.concept_id])]
-  texts = run.written("suppression_prompt", [
+          for i, x in enumerate(session.bench.instructions[c.concept_id])]
+  texts = session.written("suppression_prompt", [
       ((c.name, x), SUPPRESSION_REQUEST.format(concept=c.name, instruction=x))
       for c, _, x in todo])
   for (c, i, _), text in zip(todo, texts):
-    out.setdefault(c.concept_id, [None] * data.N_EVAL)[i] = text
+    out.setdefault(c.concept_id, [None] * N_EVAL)[i] = text
   return out
 
 
@@ -78,22 +80,20 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   a = config.attack
-  rows = steered.configured_rows(config, "attack")
-  with axbench.session(config, workdir, log, bundle, judge) as state:
-    ctx = state.ctx
-    concepts = state.bench.concepts[:a.num_concepts or None]
-    state.bench = dataclasses.replace(state.bench, concepts=concepts)
-    state.inputs = attack_prompts(state, concepts, log)
+  rows = table_rows.configured_rows(config, "attack")
+  with open_session(config, workdir, log, bundle, judge) as session:
+    ctx = session.ctx
+    concepts = session.bench.concepts[:a.num_concepts or None]
+    session.bench = dataclasses.replace(session.bench, concepts=concepts)
+    session.inputs = attack_prompts(session, concepts, log)
     summary, all_rows, records = [], [], {}
     for r in rows:
       m = dataclasses.replace(r.method, name=r.name)
-      svs = ({data.concept_name(c): steered.load_sv(a.svs_from, r, c, ctx.model.cfg)
+      svs = ({concept_name(c): table_rows.load_sv(a.svs_from, r, c, ctx.model.cfg)
               for c in concepts} if r.needs_svs else None)
-      records[r.name] = axbench.evaluate(state, m, svs)
-      method_rows = scoring.score_method(r.name, records[r.name], grid=False)
-      all_rows += method_rows
-      summary.append(scoring.summarize(r.name, method_rows, records[r.name], grid=False))
-  folder = config.results_dir or os.path.join(workdir, "results")
+      records[r.name] = session.evaluate(m, svs)
+      summary.append(report.score(r.name, records[r.name], False, all_rows))
+  folder = report.results_folder(config, workdir)
   title = (f"suppression attack: {config.model.path}, layer {config.steer.layer}, "
            f"{len(concepts)} concept(s)")
   report.write(folder, title, summary, all_rows, records, extra={
@@ -123,19 +123,9 @@ def tradeoff(folder: str, attack_summary: List[dict], utility_from: str):
              "accuracy and stays robust to the suppressing prompt, so PrOSV points lie on a "
              "better accuracy-vs-robustness front than FSSVs at any factor scale, which trade "
              "one for the other.")
-  with open(os.path.join(folder, "tradeoff.md"), "w") as f:
-    f.write("# accuracy vs steering score under attack\n\n" + scoring.results_table(
-        [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in p.items()}
-         for p in points]) + f"\n\n{caption}\n")
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5.5, 4.2))
-  for p in points:
-    ax.scatter(p["accuracy"], p["score_under_attack"])
-    ax.annotate(p["row"], (p["accuracy"], p["score_under_attack"]), fontsize=7)
-  ax.set_xlabel("accuracy (mean of tinyMMLU and tinyGSM8K)")
-  ax.set_ylabel("overall steering score under attack (0..2)")
-  fig.tight_layout()
-  fig.savefig(os.path.join(folder, "tradeoff.png"), dpi=120)
-  plt.close(fig)
+  paths.write_atomic(os.path.join(folder, "tradeoff.md"),
+                     "# accuracy vs steering score under attack\n\n"
+                     + report.rounded_table(points) + f"\n\n{caption}\n")
+  report.scatter(os.path.join(folder, "tradeoff.png"), points, "accuracy", "score_under_attack",
+                 "row", "accuracy (mean of tinyMMLU and tinyGSM8K)",
+                 "overall steering score under attack (0..2)")

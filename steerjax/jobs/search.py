@@ -24,11 +24,12 @@ from typing import List
 import ml_collections
 
 from steerjax import methods
-from steerjax.data import axbench as data
+from steerjax import paths
 from steerjax.data import released, sources
-from steerjax.eval import scoring
-from steerjax.jobs import axbench, common
-from steerjax.jobs.judges import cache_root
+from steerjax.data.benchmark import N_EVAL
+from steerjax.eval import report
+from steerjax.runtime import plans, training
+from steerjax.runtime.session import open_session
 
 # config.search fields: the method keys the grid sweeps
 AXES = ("beta", "lr_factor", "lam", "lr_direction", "epochs", "batch_size")
@@ -64,9 +65,9 @@ def plan(config) -> list:
   rows = []
   for k, point in enumerate(grid(config)):
     m = methods.from_config(_with_point(config, point), config.search.method)
-    rows.append(common.method_cost(dataclasses.replace(m, name=_point_name(k)), n, d.n_train,
-                                   20 + d.max_response_tokens, data.N_EVAL,
-                                   config.eval.max_new_tokens))
+    rows.append(plans.method_cost(dataclasses.replace(m, name=_point_name(k)), n, d.n_train,
+                                  20 + d.max_response_tokens, N_EVAL,
+                                  config.eval.max_new_tokens))
   return rows
 
 
@@ -79,24 +80,24 @@ def _with_point(config, point: dict):
 def _benchmark(config):
   d, s = config.data, config.search
   if s.concepts == "hp_tuning":
-    return released.hp_tuning_benchmark(d.n_train, cache_root(config), d.released_repo,
+    return released.hp_tuning_benchmark(d.n_train, paths.cache_root(config.cache_dir), d.released_repo,
                                         config.data_root or None)
   if s.concepts == "config":
     return sources.axbench_benchmark(config)
   raise ValueError(f"search.concepts={s.concepts!r}; use 'hp_tuning' or 'config'")
 
 
-def _train_shape(run, points, workdir: str):
+def _train_shape(session, points, workdir: str):
   """Train every (point, concept) row of one batch size and epoch count, stacked
   `train.concepts_per_step` rows to a step, each row with its point's init and rates;
   returns {point index: {concept name: SV}}. Finished rows are read back."""
-  ms = {k: methods.from_config(_with_point(run.config, p), run.config.search.method)
+  ms = {k: methods.from_config(_with_point(session.config, p), session.config.search.method)
         for k, p in points}
-  concepts = run.training_data(ms[points[0][0]])
-  ids = [c.concept_id for c in run.bench.concepts]
+  concepts = session.training_data(ms[points[0][0]])
+  ids = [c.concept_id for c in session.bench.concepts]
   rows = [(k, c, c_id) for k, _ in points for c, c_id in zip(concepts, ids)]
   row_name = lambda k, c: f"{_point_name(k)}_{c.name}"
-  svs = common.train_svs(run.ctx, ms[points[0][0]],
+  svs = training.train_svs(session.ctx, ms[points[0][0]],
                          [dataclasses.replace(c, name=row_name(k, c)) for k, c, _ in rows],
                          workdir, concept_ids=[i for *_, i in rows], tag="search ",
                          row_methods=[ms[k] for k, _, _ in rows])
@@ -110,24 +111,23 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
   base = _base(config)
   points = grid(config)
   contrast = "hp_contrast" if config.search.concepts == "hp_tuning" else "contrast"
-  with axbench.session(config, workdir, log, bundle, judge, bench=_benchmark(config),
-                       contrast=contrast) as state:
-    log(f"search: {len(points)} point(s) of {base.name} on {len(state.bench.concepts)} "
+  with open_session(config, workdir, log, bundle, judge, bench=_benchmark(config),
+                    contrast=contrast) as session:
+    log(f"search: {len(points)} point(s) of {base.name} on {len(session.bench.concepts)} "
         f"concept(s) ({config.search.concepts})")
     shapes = {}
     for k, p in enumerate(points):
       shapes.setdefault((p["batch_size"], p["epochs"]), []).append((k, p))
     svs = {}
     for (batch, epochs), members in shapes.items():
-      svs.update(_train_shape(state, members, os.path.join(workdir, "shapes",
+      svs.update(_train_shape(session, members, os.path.join(workdir, "shapes",
                                                            f"b{batch}_e{epochs}")))
     table = []
     for k, p in enumerate(points):
       m = dataclasses.replace(methods.from_config(_with_point(config, p), base.name),
                               name=f"point_{_point_name(k)}")
-      records = axbench.evaluate(state, m, svs[k])
-      rows = scoring.score_method(m.name, records, grid=False)
-      s = scoring.summarize(m.name, rows, records, grid=False)
+      records = session.evaluate(m, svs[k])
+      s = report.score(m.name, records, False, [])
       table.append(dict(p, point=_point_name(k), overall=s["overall"], ci_low=s["ci_low"],
                         ci_high=s["ci_high"], concept=s["concept"],
                         instruction=s["instruction"], fluency=s["fluency"]))
@@ -142,11 +142,10 @@ def write(workdir: str, config, table: List[dict], best: dict, seconds: float):
   """search.md / search.json, and best_config.py: the run's config with the searched method
   at the best point, ready for the axbench job."""
   ranked = sorted(table, key=lambda r: -r["overall"])
-  with open(os.path.join(workdir, "search.md"), "w", encoding="utf-8") as f:
-    f.write(f"# search: {config.search.method} on {config.model.path}, layer "
-            f"{config.steer.layer} ({config.search.concepts} concepts, {seconds:.0f} s)\n\n"
-            + scoring.results_table([{k: (round(v, 3) if isinstance(v, float) else v)
-                                      for k, v in r.items()} for r in ranked], COLUMNS) + "\n")
+  paths.write_atomic(os.path.join(workdir, "search.md"),
+                     f"# search: {config.search.method} on {config.model.path}, layer "
+                     f"{config.steer.layer} ({config.search.concepts} concepts, {seconds:.0f} s)"
+                     f"\n\n{report.rounded_table(ranked, COLUMNS)}\n")
   with open(os.path.join(workdir, "search.json"), "w", encoding="utf-8") as f:
     json.dump({"best": best, "points": table}, f, indent=1)
   final = _with_point(config, {k: best[k] for k in AXES})

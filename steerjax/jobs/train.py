@@ -14,7 +14,7 @@ import os
 
 from steerjax import methods
 from steerjax.data import local, sources
-from steerjax.jobs import common
+from steerjax.runtime import context, plans, training
 
 
 def plan(config) -> list:
@@ -30,18 +30,18 @@ def plan(config) -> list:
   else:
     grouped = local.by_concept(local.read_rows(d.path), d.n_train)
     count, n_train = len(grouped), min(len(pairs) for pairs in grouped.values())
-  return [common.method_cost(method, count, n_train, length, judged=False)]
+  return [plans.method_cost(method, count, n_train, length, judged=False)]
 
 
 def run(config, workdir: str, log=print, bundle=None) -> dict:
   """Train the SVs; returns {concept: {"factor", "direction"}}."""
   os.makedirs(workdir, exist_ok=True)
   method = methods.base_method(config)
-  ctx = common.setup(config, log, bundle)
+  ctx = context.setup(config, log, bundle)
   concepts, ids = sources.training_concepts(config, ctx.tok)
   log(f"data: {len(concepts)} concept(s) x {len(concepts[0].prompts)} training pairs "
       f"({config.data.source})")
   if methods.needs_neutral(method):
-    concepts = common.with_model_neutral(ctx, concepts)
+    concepts = training.with_model_neutral(ctx, concepts)
   concept_ids = None if config.data.source != "axbench" else ids
-  return common.train_svs(ctx, method, concepts, workdir, concept_ids=concept_ids)
+  return training.train_svs(ctx, method, concepts, workdir, concept_ids=concept_ids)

@@ -19,9 +19,11 @@ from typing import Dict, List
 
 import numpy as np
 
-from steerjax.eval import scoring, utility
+from steerjax import paths
+from steerjax.eval import report, scoring, utility
 from steerjax.eval.templates import parse_rating
-from steerjax.jobs import axbench, steered
+from steerjax.runtime import rows as table_rows
+from steerjax.runtime.session import open_session
 
 TASKS = ("tinymmlu", "tinygsm8k")
 COLUMNS = ("row", "concepts", "mmlu_judge", "mmlu_letter", "gsm8k", "gsm8k_strict",
@@ -34,7 +36,7 @@ def _concepts(config, bench):
 
 def plan(config) -> list:
   u = config.utility
-  rows = steered.parse_rows(config, u.rows)
+  rows = table_rows.parse_rows(config, u.rows)
   n = u.num_concepts or config.data.num_concepts or 500
   items = u.limit or 100
   out = []
@@ -52,7 +54,7 @@ def _items(config, workdir: str) -> Dict[str, list]:
   """Test items per task, and a local JSON-lines copy for lm-eval's loader."""
   u, out = config.utility, {}
   for task in TASKS:
-    items = utility.load_items(task, u.get(task), config.data_root or None)
+    items = utility.load_items(task, u[task], config.data_root or None)
     shots = []
     if task == "tinygsm8k" and "input_formatted" not in items[0]:
       shots, items = items[:5], items[5:]    # plain GSM8K rows: the first five are the shots
@@ -79,10 +81,10 @@ def _letter_accuracy(ctx, row, sv, path: str, steering_prompt: str) -> float:
   return float(out["results"]["steerjax_tinymmlu"]["acc,none"])
 
 
-def evaluate_one(run, row, concepts, sv, items: Dict, steering_prompt: str) -> dict:
+def evaluate_one(session, row, concepts, sv, items: Dict, steering_prompt: str) -> dict:
   """All scores of one row for one concept (or, unsteered, for all `concepts` at once: its
   answers are the same, their steering score is averaged over the concepts)."""
-  ctx, u = run.ctx, run.config.utility
+  ctx, u = session.ctx, session.config.utility
   spec = row.method.spec if sv is not None else None
   out = {}
   for task in TASKS:
@@ -90,7 +92,7 @@ def evaluate_one(run, row, concepts, sv, items: Dict, steering_prompt: str) -> d
     prompts = [ctx.tok.chat_ids(utility.chat(task, item, steering_prompt, shots))
                for item in task_items]
     budget = u.mmlu_tokens if task == "tinymmlu" else u.gsm8k_tokens
-    ids = run.generate(prompts, max_new_tokens=budget, temperature=0.0, sv=sv, spec=spec,
+    ids = session.generate(prompts, max_new_tokens=budget, temperature=0.0, sv=sv, spec=spec,
                        concept_ids=None)
     texts = [ctx.tok.decode(x) for x in ids]
     out[f"{task}_responses"] = texts
@@ -98,13 +100,13 @@ def evaluate_one(run, row, concepts, sv, items: Dict, steering_prompt: str) -> d
       out["gsm8k"] = float(np.mean(utility.gsm8k_correct(texts, task_items, "flexible")))
       out["gsm8k_strict"] = float(np.mean(utility.gsm8k_correct(texts, task_items, "strict")))
       if u.long_context_score:
-        ratings = run.judge.rate([{"concept": c.name, "instruction": item["question"],
+        ratings = session.judge.rate([{"concept": c.name, "instruction": item["question"],
                                    "continuation": t} for c in concepts
                                   for item, t in zip(task_items, texts)])
         out["long_context"] = float(np.mean([scoring.record_score(r) for r in ratings]))
     else:
       if u.mmlu_judge:
-        verdicts = run.judge.ask(utility.mmlu_judge_requests(task_items, texts))
+        verdicts = session.judge.ask(utility.mmlu_judge_requests(task_items, texts))
         out["mmlu_judge"] = float(np.mean([parse_rating(v) == (1, True) for v in verdicts]))
       out["mmlu_letter"] = _letter_accuracy(ctx, row, sv, path, steering_prompt)
   return out
@@ -115,14 +117,14 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
   t0 = time.time()
   os.makedirs(workdir, exist_ok=True)
   u = config.utility
-  rows = steered.configured_rows(config, "utility")
-  with axbench.session(config, workdir, log, bundle, judge) as state:
-    ctx = state.ctx
-    concepts = _concepts(config, state.bench)
+  rows = table_rows.configured_rows(config, "utility")
+  with open_session(config, workdir, log, bundle, judge) as session:
+    ctx = session.ctx
+    concepts = _concepts(config, session.bench)
     items = _items(config, workdir)
     log(f"utility: {len(rows)} row(s) x {len(concepts)} concept(s), "
         f"{len(items['tinymmlu'][0])} tinyMMLU and {len(items['tinygsm8k'][0])} tinyGSM8K items")
-    prompts = (state.steering_prompts(concepts)
+    prompts = (session.steering_prompts(concepts)
                if any(r.method.kind == "prompting" for r in rows) else {})
     summary = {}
     for r in rows:
@@ -133,19 +135,15 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
           with open(path) as f:
             per_concept.append(json.load(f))
           continue
-        sv = steered.load_sv(u.svs_from, r, c, ctx.model.cfg) if r.needs_svs else None
+        sv = table_rows.load_sv(u.svs_from, r, c, ctx.model.cfg) if r.needs_svs else None
         prompt = prompts[c.concept_id] if r.method.kind == "prompting" else ""
-        result = evaluate_one(state, r, concepts if c is None else [c], sv, items, prompt)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-          json.dump(result, f)
-        os.replace(path + ".tmp", path)
+        result = evaluate_one(session, r, concepts if c is None else [c], sv, items, prompt)
+        paths.write_atomic(path, json.dumps(result))
         per_concept.append(result)
         log(f"utility {r.name} concept {'-' if c is None else c.concept_id}: " + ", ".join(
             f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float)))
       summary[r.name] = _summarise(r.name, per_concept)
-  write(config.results_dir or os.path.join(workdir, "results"), config, summary,
-        time.time() - t0)
+  write(report.results_folder(config, workdir), config, summary, time.time() - t0)
   return summary
 
 
@@ -160,14 +158,11 @@ def _summarise(name: str, per_concept: List[dict]) -> dict:
 
 
 def write(folder: str, config, summary: Dict[str, dict], seconds: float):
-  os.makedirs(folder, exist_ok=True)
-  with open(os.path.join(folder, "utility.json"), "w") as f:
-    json.dump(summary, f, indent=1)
-  shown = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in s.items()}
-           for s in summary.values()]
-  with open(os.path.join(folder, "utility.md"), "w") as f:
-    f.write(f"# utility: {config.model.path}, layer {config.steer.layer} ({seconds:.0f} s)\n\n"
-            + scoring.results_table(shown, COLUMNS) + "\n\nAccuracy (0..1) on tinyMMLU (judge on "
-            "the generated answer; answer letter's log-likelihood) and tinyGSM8K (final number; "
-            "strict '#### n'), mean over concepts; long_context = the steering score (0..2) of "
-            "the GSM8K answers (paper Table 17).\n")
+  paths.write_atomic(os.path.join(folder, "utility.json"), json.dumps(summary, indent=1))
+  paths.write_atomic(
+      os.path.join(folder, "utility.md"),
+      f"# utility: {config.model.path}, layer {config.steer.layer} ({seconds:.0f} s)\n\n"
+      + report.rounded_table(list(summary.values()), COLUMNS) + "\n\nAccuracy (0..1) on tinyMMLU (judge on "
+      "the generated answer; answer letter's log-likelihood) and tinyGSM8K (final number; "
+      "strict '#### n'), mean over concepts; long_context = the steering score (0..2) of "
+      "the GSM8K answers (paper Table 17).\n")

@@ -1,4 +1,5 @@
-"""One llama-like decoder in Flax linen, with switches for Llama, Qwen2 and Gemma-2.
+"""One llama-like decoder in Flax linen, with switches for Llama, Qwen2, Gemma-2/3, Qwen3 and
+Mistral.
 
 Axis letters used in names and einsum strings:
   B batch, T query time, S key slots, D width, H query heads, K kv heads,
@@ -39,22 +40,30 @@ def _param(module, name, init, shape, axes, dtype):
 class RMSNorm(nn.Module):
   cfg: ModelConfig
   dtype: Any
+  axis: str = "embed"   # logical axis of the scale: "embed", or "head_dim" for q/k norms
 
   @nn.compact
   def __call__(self, x):
     init = nn.initializers.zeros if self.cfg.norm_plus_one else nn.initializers.ones
-    w = _param(self, "scale", init, (x.shape[-1],), ("embed",), self.dtype)
+    w = _param(self, "scale", init, (x.shape[-1],), (self.axis,), self.dtype)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.norm_eps)
-    if self.cfg.norm_plus_one:  # Gemma-2 keeps the whole norm in fp32
+    if self.cfg.norm_plus_one:  # Gemma keeps the whole norm in fp32
       return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
     return w * y.astype(x.dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig):
-  """Inverse RoPE frequencies [E/2], with llama3 scaling when configured."""
+def rope_inv_freq(cfg: ModelConfig, sliding: bool = False):
+  """Inverse RoPE frequencies [E/2] of a full-attention layer (llama3 or linear scaling when
+  configured), or of a sliding-window layer (plain RoPE at `local_rope_theta` when set)."""
   e = cfg.head_dim
-  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))
+  local = sliding and cfg.local_rope_theta is not None
+  theta = cfg.local_rope_theta if local else cfg.rope_theta
+  inv = 1.0 / (theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))
+  if local:
+    return inv
+  if cfg.rope_linear_factor is not None:
+    return inv / cfg.rope_linear_factor
   if cfg.rope_llama3 is None:
     return inv
   factor, low, high, old_len = cfg.rope_llama3
@@ -108,7 +117,10 @@ class Attention(nn.Module):
       q = q + _param(self, "q_bias", zeros, (H, E), ("heads", "head_dim"), dt).reshape(K, G, 1, E)
       k = k + _param(self, "k_bias", zeros, (K, E), ("kv_heads", "head_dim"), dt)[:, None]
       v = v + _param(self, "v_bias", zeros, (K, E), ("kv_heads", "head_dim"), dt)[:, None]
-    inv_freq = rope_inv_freq(cfg)
+    if cfg.qk_norm:
+      q = RMSNorm(cfg, dt, axis="head_dim", name="q_norm")(q)
+      k = RMSNorm(cfg, dt, axis="head_dim", name="k_norm")(k)
+    inv_freq = rope_inv_freq(cfg, self.sliding)
     q = apply_rope(q, positions_BT, inv_freq)
     k = apply_rope(k, positions_BT, inv_freq)
 

@@ -1,8 +1,10 @@
 """Load a model: a local HF directory, a hub id, or a llama2.c checkpoint.
 
 `load(path_or_id, dtype) -> (Decoder, params)`. HF configs are read through
-`transformers.AutoConfig` and mapped field by field; any attribute the decoder does not
-implement is refused by name. Weights come from `*.safetensors` only.
+`transformers.AutoConfig` and mapped field by field (`config_from_hf`); any attribute the
+decoder does not implement is refused by name, and so is a family it lacks, saying what is
+missing. Weights come from `*.safetensors` only; a multimodal Gemma-3 checkpoint loads its
+language model. Supported families and what was checked: docs/models.md.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import numpy as np
 from steerjax import paths
 from steerjax.models.config import ModelConfig
 from steerjax.models.decoder import Decoder, block_name
+
+# `model.dtype` names; SVs always stay float32.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # Short names for the checkpoints that live in the data root or on the hub.
 ALIASES = {
@@ -39,79 +44,225 @@ _USED = {
     "num_key_value_heads", "head_dim", "intermediate_size", "rms_norm_eps",
     "rope_parameters", "tie_word_embeddings",
 }
-# Attributes the decoder supports at exactly one value: {family: {attr: allowed values}}.
+# Attributes the decoder supports at exactly one value: {model_type: {attr: allowed values}}.
 _FIXED = {
     "llama": {"attention_bias": (False,), "mlp_bias": (False,), "hidden_act": ("silu",),
               "pretraining_tp": (1,)},
     "qwen2": {"hidden_act": ("silu",), "use_sliding_window": (False,)},
     "gemma2": {"hidden_act": ("gelu_pytorch_tanh",), "hidden_activation": ("gelu_pytorch_tanh",),
                "attention_bias": (False,), "use_bidirectional_attention": (False, None)},
+    "gemma3_text": {"hidden_activation": ("gelu_pytorch_tanh",), "attention_bias": (False,),
+                    "use_bidirectional_attention": (False, None)},
+    "qwen3": {"hidden_act": ("silu",), "attention_bias": (False,)},
+    "mistral": {"hidden_act": ("silu",)},
+    "ministral": {"hidden_act": ("silu",)},
 }
+# ModelConfig.family of each model_type (Ministral is Mistral with per-layer windows).
+_FAMILY = {"gemma3_text": "gemma3", "ministral": "mistral"}
 # Attributes only meaningful when a switch above is on (Qwen2's sliding window is off).
-_INERT = {"qwen2": {"sliding_window", "max_window_layers", "layer_types"}}
+_INERT = {"qwen2": {"sliding_window", "max_window_layers", "layer_types"},
+          # how transformers derives layer_types, which it always writes out as well
+          "gemma3_text": {"sliding_window_pattern", "_sliding_window_pattern"}}
 _GEMMA2 = {"attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar",
            "sliding_window", "layer_types"}
+# Family-specific attributes mapped by config_from_hf.
+_MAPPED = {"gemma2": _GEMMA2, "gemma3_text": _GEMMA2,
+           "qwen3": {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types"},
+           "mistral": {"sliding_window"}, "ministral": {"sliding_window", "layer_types"}}
+# RoPE types per model_type (default: plain and llama3); Gemma-3 4B+ scales its global
+# layers linearly.
+_ROPE_TYPES = {"gemma3_text": ("default", "linear")}
+# Multimodal checkpoints whose language model is a supported decoder: {model_type: (text
+# model_type, top-level attributes that only concern the other modalities)}.
+_MULTIMODAL = {
+    "gemma3": ("gemma3_text", {"text_config", "vision_config", "mm_tokens_per_image",
+                               "boi_token_index", "eoi_token_index", "image_token_index",
+                               "boi_token_id", "eoi_token_id", "image_token_id"}),
+}
+# Families transformers knows that this decoder does not implement, and what they lack.
+_MOE = "a mixture-of-experts MLP (router, experts, shared expert)"
+_MISSING = {
+    "gemma4": "Gemma-4 needs per-layer input embeddings added in every block, KV sharing "
+              "across the last layers and its optional MoE block",
+    "gemma3n": "Gemma-3n needs per-layer input embeddings, AltUp / LAuReL blocks and KV "
+               "sharing across layers",
+    "qwen3_5": "Qwen3.5 needs its linear-attention (Gated DeltaNet) layers, gated attention "
+               "output and partial RoPE",
+    "qwen3_next": "Qwen3-Next needs its linear-attention (Gated DeltaNet) layers, gated "
+                  f"attention output and {_MOE}",
+    "qwen3_moe": f"Qwen3-MoE needs {_MOE}",
+    "qwen2_moe": f"Qwen2-MoE needs {_MOE}",
+    "qwen3_5_moe": f"Qwen3.5-MoE needs linear-attention layers and {_MOE}",
+    "mixtral": f"Mixtral needs {_MOE}",
+    "llama4": f"Llama-4 needs {_MOE}, chunked attention and no-RoPE layers",
+    "gpt_oss": f"gpt-oss needs {_MOE}, attention sinks and YaRN RoPE",
+    "ministral3": "Ministral-3 needs YaRN RoPE and its vision tower's text wrapper",
+}
+for _name in ("gemma4_text", "gemma3n_text", "qwen3_5_text", "qwen3_5_moe_text",
+              "llama4_text"):
+  _MISSING[_name] = _MISSING[_name.rsplit("_text", 1)[0]]
 
 
 class LoadError(ValueError):
   """A checkpoint or config that steerjax cannot load, with what to do about it."""
 
 
-def config_from_hf(hf) -> ModelConfig:
-  """Map a transformers config object onto ModelConfig, refusing what we do not handle."""
-  family = hf.model_type
-  if family not in _FIXED:
-    raise LoadError(f"model_type={family!r} is not supported; steerjax implements "
-                    f"{sorted(_FIXED)} (llama also covers Llama-3, qwen2 covers Qwen2.5)")
-  attrs = hf.to_dict()
-  known = _GENERIC | _USED | set(_FIXED[family]) | _INERT.get(family, set())
-  if family == "gemma2":
-    known |= _GEMMA2
+def _supported() -> str:
+  return (f"{sorted(_FIXED) + sorted(_MULTIMODAL)} (llama also covers Llama-3.x, qwen2 "
+          "Qwen2.5, gemma3 the text model of Gemma-3 4B and up)")
+
+
+def _check_attrs(model_type: str, attrs: dict):
+  """Refuse attributes we do not know and fixed ones at values we do not implement."""
+  known = (_GENERIC | _USED | set(_FIXED[model_type]) | _INERT.get(model_type, set())
+           | _MAPPED.get(model_type, set()))
   unknown = sorted(k for k in attrs if k not in known)
   if unknown:
-    raise LoadError(f"unsupported {family} config attribute(s): "
+    raise LoadError(f"unsupported {model_type} config attribute(s): "
                     + ", ".join(f"{k}={attrs[k]!r}" for k in unknown))
-  for key, allowed in _FIXED[family].items():
+  for key, allowed in _FIXED[model_type].items():
     if key in attrs and attrs[key] not in allowed:
-      raise LoadError(f"unsupported {family} config attribute {key}={attrs[key]!r}; "
+      raise LoadError(f"unsupported {model_type} config attribute {key}={attrs[key]!r}; "
                       f"steerjax supports {key} in {allowed}")
 
-  rope = dict(attrs.get("rope_parameters") or {})
-  rope_type = rope.get("rope_type", "default")
-  llama3 = None
-  if rope_type == "llama3":
-    llama3 = (float(rope["factor"]), float(rope["low_freq_factor"]),
-              float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
-  elif rope_type != "default":
-    raise LoadError(f"unsupported config attribute rope_parameters.rope_type={rope_type!r}; "
-                    "steerjax supports 'default' and 'llama3'")
 
+def _rope(model_type: str, params: dict, where: str = "rope_parameters") -> dict:
+  """ModelConfig RoPE fields from one rope_parameters dict."""
+  rope_type = params.get("rope_type", "default")
+  allowed = _ROPE_TYPES.get(model_type, ("default", "llama3"))
+  if rope_type not in allowed:
+    raise LoadError(f"unsupported {model_type} config attribute {where}.rope_type="
+                    f"{rope_type!r}; steerjax supports {allowed}")
+  out = dict(rope_theta=float(params.get("rope_theta", 10000.0)))
+  if rope_type == "llama3":
+    out["rope_llama3"] = (float(params["factor"]), float(params["low_freq_factor"]),
+                          float(params["high_freq_factor"]),
+                          int(params["original_max_position_embeddings"]))
+  elif rope_type == "linear":
+    out["rope_linear_factor"] = float(params["factor"])
+  partial = params.get("partial_rotary_factor", 1.0)
+  if partial != 1.0:
+    raise LoadError(f"unsupported {model_type} config attribute {where}.partial_rotary_factor="
+                    f"{partial!r}; steerjax rotates the whole head")
+  return out
+
+
+def _layer_rope(model_type: str, rope: dict) -> dict:
+  """Gemma-3's RoPE per layer type: scaling on full attention, plain RoPE at its own base on
+  the sliding-window layers."""
+  unknown = sorted(set(rope) - {"full_attention", "sliding_attention"})
+  if unknown:
+    raise LoadError(f"unsupported {model_type} config attribute rope_parameters keys "
+                    f"{unknown}; expected full_attention and sliding_attention")
+  out = _rope(model_type, rope.get("full_attention") or {}, "rope_parameters.full_attention")
+  local = rope.get("sliding_attention") or {}
+  if local.get("rope_type", "default") != "default":
+    raise LoadError(f"unsupported {model_type} config attribute "
+                    f"rope_parameters.sliding_attention.rope_type={local['rope_type']!r}; "
+                    "steerjax supports 'default' on the sliding-window layers")
+  _rope(model_type, local, "rope_parameters.sliding_attention")
+  out["local_rope_theta"] = float(local.get("rope_theta", 10000.0))
+  return out
+
+
+def _sliding(model_type: str, attrs: dict, n_layers: int) -> dict:
+  """sliding_window / sliding_layers from the family's layer_types convention."""
+  window = attrs.get("sliding_window")
+  if model_type == "mistral":        # one window on every layer, when set
+    types = ["sliding_attention" if window else "full_attention"] * n_layers
+  elif model_type == "qwen3" and not attrs.get("use_sliding_window"):
+    types = ["full_attention"] * n_layers
+  else:
+    types = attrs.get("layer_types")
+    if not types:
+      raise LoadError(f"{model_type} config has no layer_types; save it with transformers >= 5")
+  bad = sorted(set(types) - {"sliding_attention", "full_attention"})
+  if bad or len(types) != n_layers:
+    raise LoadError(f"unsupported {model_type} config attribute layer_types={types!r}; expected "
+                    f"{n_layers} entries of 'sliding_attention' / 'full_attention'")
+  layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+  if layers and not window:
+    raise LoadError(f"{model_type} config has sliding-window layers {list(layers)} but "
+                    f"sliding_window={window!r}")
+  return dict(sliding_window=int(window) if layers else None, sliding_layers=layers)
+
+
+def _stop_ids(*eos_values) -> tuple:
+  ids = []
+  for eos in eos_values:
+    for i in (eos if isinstance(eos, (list, tuple)) else [eos]):
+      if i is not None and i not in ids:
+        ids.append(int(i))
+  return tuple(ids)
+
+
+def config_from_hf(hf) -> ModelConfig:
+  """Map a transformers config object onto ModelConfig, refusing what we do not handle.
+
+  The one place a transformers config becomes a ModelConfig (HF directories, hub ids and
+  configs built from other formats). A multimodal config maps its language model.
+  """
+  model_type = hf.model_type
+  attrs = hf.to_dict()
+  outer = {}
+  if model_type in _MULTIMODAL:
+    text_type, other = _MULTIMODAL[model_type]
+    unknown = sorted(k for k in attrs if k not in _GENERIC | other | {"tie_word_embeddings"})
+    if unknown:
+      raise LoadError(f"unsupported {model_type} config attribute(s): "
+                      + ", ".join(f"{k}={attrs[k]!r}" for k in unknown))
+    outer = attrs
+    attrs = dict(attrs["text_config"] or {})
+    if attrs.get("model_type", text_type) != text_type:
+      raise LoadError(f"{model_type} config has text_config.model_type="
+                      f"{attrs['model_type']!r}; steerjax expects {text_type!r}")
+    model_type = text_type
+  if model_type not in _FIXED:
+    if model_type in _MISSING:
+      raise LoadError(f"model_type={model_type!r} is not supported: {_MISSING[model_type]}, "
+                      f"which steerjax's decoder does not implement (see docs/models.md); "
+                      f"supported: {_supported()}")
+    raise LoadError(f"model_type={model_type!r} is not supported; steerjax implements "
+                    f"{_supported()}")
+  _check_attrs(model_type, attrs)
+  family = _FAMILY.get(model_type, model_type)
+
+  rope = dict(attrs.get("rope_parameters") or {})
+  rope_fields = (_layer_rope(model_type, rope) if model_type == "gemma3_text"
+                 else _rope(model_type, rope))
   heads = attrs["num_attention_heads"]
   kv_heads = attrs.get("num_key_value_heads") or heads
   head_dim = attrs.get("head_dim") or attrs["hidden_size"] // heads
-  eos = attrs.get("eos_token_id")
-  stop_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
   pad = attrs.get("pad_token_id")
   common = dict(
       family=family, vocab_size=attrs["vocab_size"], dim=attrs["hidden_size"],
       n_layers=attrs["num_hidden_layers"], n_heads=heads, n_kv_heads=kv_heads,
       head_dim=head_dim, hidden_dim=attrs["intermediate_size"],
       max_seq_len=attrs.get("max_position_embeddings") or 2048,
-      norm_eps=attrs["rms_norm_eps"], rope_theta=float(rope.get("rope_theta", 10000.0)),
-      rope_llama3=llama3, tie_embeddings=bool(attrs.get("tie_word_embeddings", False)),
-      bos_id=attrs.get("bos_token_id"), stop_ids=stop_ids, pad_id=pad if pad is not None else 0)
+      norm_eps=attrs["rms_norm_eps"], **rope_fields,
+      tie_embeddings=bool(outer.get("tie_word_embeddings", attrs.get("tie_word_embeddings",
+                                                                       False))),
+      bos_id=attrs.get("bos_token_id"),
+      stop_ids=_stop_ids(attrs.get("eos_token_id"), outer.get("eos_token_id")),
+      pad_id=pad if pad is not None else 0)
+  n_layers = common["n_layers"]
   if family == "qwen2":
     common["qkv_bias"] = True
+  if family in ("qwen3", "mistral"):
+    common.update(_sliding(model_type, attrs, n_layers))
+    common["qk_norm"] = family == "qwen3"
   if family == "gemma2":
     types = attrs.get("layer_types") or [
-        "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(common["n_layers"])]
+        "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+    attrs = dict(attrs, layer_types=types)
+  if family in ("gemma2", "gemma3"):
     common.update(
         activation="gelu_tanh", embed_scale=True, norm_plus_one=True, sandwich_norms=True,
+        qk_norm=family == "gemma3",
         attn_softcap=attrs.get("attn_logit_softcapping"),
         final_softcap=attrs.get("final_logit_softcapping"),
         query_scale=attrs.get("query_pre_attn_scalar"),
-        sliding_window=attrs.get("sliding_window"),
-        sliding_layers=tuple(i for i, t in enumerate(types) if t == "sliding_attention"))
+        **_sliding(model_type, attrs, n_layers))
   return ModelConfig(**common)
 
 
@@ -130,7 +281,7 @@ def params_from_hf(cfg: ModelConfig, tensors: dict, dtype) -> dict:
     return jnp.asarray(x, dtype)
 
   norms = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
-  if cfg.sandwich_norms:  # Gemma-2's post_attention_layernorm is the norm after attention
+  if cfg.sandwich_norms:  # Gemma's post_attention_layernorm is the norm after attention
     norms = {"attn_norm": "input_layernorm", "post_attn_norm": "post_attention_layernorm",
              "mlp_norm": "pre_feedforward_layernorm", "post_mlp_norm": "post_feedforward_layernorm"}
   params = {"embedding": cast(take("model.embed_tokens.weight")),
@@ -141,6 +292,9 @@ def params_from_hf(cfg: ModelConfig, tensors: dict, dtype) -> dict:
             "k": take(p + "self_attn.k_proj.weight").T.reshape(D, K, E),
             "v": take(p + "self_attn.v_proj.weight").T.reshape(D, K, E),
             "o": take(p + "self_attn.o_proj.weight").T.reshape(H, E, D)}
+    if cfg.qk_norm:
+      attn["q_norm"] = {"scale": take(p + "self_attn.q_norm.weight")}
+      attn["k_norm"] = {"scale": take(p + "self_attn.k_norm.weight")}
     if cfg.qkv_bias:
       attn["q_bias"] = take(p + "self_attn.q_proj.bias").reshape(H, E)
       attn["k_bias"] = take(p + "self_attn.k_proj.bias").reshape(K, E)
@@ -202,13 +356,38 @@ def _load_bf16(path):
   return out
 
 
+# Where multimodal checkpoints keep their language model: `language_model.model.*` in the
+# hub's files (and transformers' save_pretrained), `model.language_model.*` in transformers'
+# module tree (checkpoints written from its state dict). Tensors under any other prefix are
+# the other modalities' (vision tower, projector) and are dropped.
+_TEXT_PREFIXES = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."),
+                  ("model.language_model.", "model."), ("lm_head.", "lm_head."))
+
+
+def language_model_tensors(tensors: dict) -> dict:
+  """The language model's tensors of a multimodal checkpoint, under text-only names."""
+  out = {}
+  for key, value in tensors.items():
+    for prefix, ours in _TEXT_PREFIXES:
+      if key.startswith(prefix):
+        out[ours + key[len(prefix):]] = value
+        break
+  if "model.embed_tokens.weight" not in out:
+    raise LoadError("multimodal checkpoint has no language-model tensors (expected "
+                    "'language_model.model.*' or 'model.language_model.*')")
+  return out
+
+
 def load_hf_dir(directory: str, dtype=jnp.float32):
   from transformers import AutoConfig
   if not os.path.exists(os.path.join(directory, "config.json")):
     raise LoadError(f"{directory} has no config.json; expected a Hugging Face model directory")
   hf = AutoConfig.from_pretrained(directory, trust_remote_code=False)
   cfg = config_from_hf(hf)
-  params = params_from_hf(cfg, read_safetensors(directory), dtype)
+  tensors = read_safetensors(directory)
+  if hf.model_type in _MULTIMODAL:
+    tensors = language_model_tensors(tensors)
+  params = params_from_hf(cfg, tensors, dtype)
   return Decoder(cfg, dtype=dtype), params
 
 
@@ -292,7 +471,8 @@ def resolve(path_or_id: str, data_root: Optional[str] = None) -> str:
   try:
     if filename:
       return hf_hub_download(hub_id, filename)
-    return snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*"])
+    return snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.jinja",
+                                                     "tokenizer*"])
   except Exception as err:  # offline, gated or missing: say where else it could come from
     where = f"the data root {root}" if root else "no data root (STEERJAX_DATA is unset)"
     raise LoadError(f"model {path_or_id!r}: not found under {where}, and the hub download of "

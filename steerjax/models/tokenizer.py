@@ -14,10 +14,14 @@ class Tokenizer:
   `encode` adds no special tokens unless `bos=True`. `chat_prompt(instruction)` returns the
   ids of a user turn plus the generation prompt under the model's chat template, or just
   BOS + the text for a model without one (stories260K).
+
+  `thinking`: a template with a thinking switch (Qwen3's `enable_thinking`) gets it set to
+  this; off by default, so a steered response is the answer itself and not a reasoning
+  trace. Templates without the switch are unaffected.
   """
 
-  def __init__(self, backend, kind: str):
-    self._tok, self.kind = backend, kind
+  def __init__(self, backend, kind: str, thinking: bool = False):
+    self._tok, self.kind, self.thinking = backend, kind, bool(thinking)
     if kind == "sentencepiece":
       self.bos_id, self.eos_id = backend.bos_id(), backend.eos_id()
       self.vocab_size = backend.vocab_size()
@@ -29,7 +33,23 @@ class Tokenizer:
 
   @property
   def has_chat_template(self) -> bool:
-    return self.kind == "hf" and bool(getattr(self._tok, "chat_template", None))
+    return bool(self.chat_template)
+
+  @property
+  def chat_template(self) -> str:
+    """The chat template's source ('' when the tokenizer has none)."""
+    return (getattr(self._tok, "chat_template", None) or "") if self.kind == "hf" else ""
+
+  def special_token_id(self, text: str) -> Optional[int]:
+    """The id of `text` when it is one known token (e.g. "<end_of_turn>"), else None."""
+    found = self.encode(text)
+    unk = self._tok.unk_id() if self.kind == "sentencepiece" else self._tok.unk_token_id
+    return found[0] if len(found) == 1 and found[0] != unk else None
+
+  def _template_options(self) -> dict:
+    if "enable_thinking" in (getattr(self._tok, "chat_template", None) or ""):
+      return {"enable_thinking": self.thinking}
+    return {}
 
   @property
   def bos_text(self) -> str:
@@ -44,7 +64,8 @@ class Tokenizer:
     if not self.has_chat_template:
       return "\n\n".join(m["content"] for m in messages)
     return self._tok.apply_chat_template(list(messages), tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+                                         add_generation_prompt=add_generation_prompt,
+                                         **self._template_options())
 
   def chat_ids(self, messages: Sequence[dict]) -> list:
     """Token ids of a (multi-turn) chat ending in the generation prompt; BOS + the joined
@@ -70,15 +91,18 @@ class Tokenizer:
     if not self.has_chat_template:
       return self.encode(instruction, bos=True)
     out = self._tok.apply_chat_template(
-        [{"role": "user", "content": instruction}], add_generation_prompt=True, tokenize=True)
+        [{"role": "user", "content": instruction}], add_generation_prompt=True, tokenize=True,
+        **self._template_options())
     if isinstance(out, dict) or hasattr(out, "keys"):
       out = out["input_ids"]
     return list(out)
 
 
-def load_tokenizer(path_or_id: str, data_root: Optional[str] = None) -> Tokenizer:
+def load_tokenizer(path_or_id: str, data_root: Optional[str] = None,
+                   thinking: bool = False) -> Tokenizer:
   """From a tokenizer file (`.model`, `tokenizer.json`), a model directory, a llama2.c
-  `.bin` (its sentencepiece model sits beside it), an alias or a hub id."""
+  `.bin` (its sentencepiece model sits beside it), an alias or a hub id. `thinking` sets
+  a chat template's thinking switch (see Tokenizer)."""
   path = resolve(path_or_id, data_root)
   if path.endswith(".bin"):
     directory = os.path.dirname(path)
@@ -92,8 +116,20 @@ def load_tokenizer(path_or_id: str, data_root: Optional[str] = None) -> Tokenize
     return Tokenizer(spm.SentencePieceProcessor(model_file=path), "sentencepiece")
   from transformers import AutoTokenizer, PreTrainedTokenizerFast
   if path.endswith(".json"):
-    return Tokenizer(PreTrainedTokenizerFast(tokenizer_file=path), "hf")
+    return Tokenizer(PreTrainedTokenizerFast(tokenizer_file=path), "hf", thinking)
   if os.path.isdir(path):
-    return Tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=False), "hf")
+    return Tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=False), "hf",
+                     thinking)
   raise LoadError(f"{path}: expected a sentencepiece .model, a tokenizer.json, "
                   "a model directory or a llama2.c .bin")
+
+
+END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>")
+
+
+def stop_ids(model_cfg, tok: Tokenizer) -> tuple:
+  """The model's stop ids plus the tokenizer's EOS and end-of-turn token, if it has one."""
+  ids = set(model_cfg.stop_ids) | ({tok.eos_id} if tok.eos_id is not None else set())
+  if tok.kind == "hf":
+    ids |= {i for i in map(tok.special_token_id, END_OF_TURN) if i is not None}
+  return tuple(sorted(ids))

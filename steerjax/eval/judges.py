@@ -1,27 +1,25 @@
-"""Judges from `config.judge`: an OpenAI-compatible server or a local instruct model."""
+"""Judges from `config.judge`: an OpenAI-compatible server, a local instruct model, or the
+offline word-set judge."""
 
 from __future__ import annotations
 
 import os
 from typing import Callable, List
 
+from steerjax import paths
 from steerjax.eval import templates as judge_templates
 from steerjax.eval.judge import LocalJudge, OpenAIJudge
+from steerjax.eval.offline_judge import OfflineJudge
 from steerjax.generate import generate_many
-from steerjax.jobs import common
-from steerjax.models import load, load_tokenizer
+from steerjax.models import DTYPES, load, load_tokenizer, stop_ids
 
-KINDS = ("openai", "local")
-
-
-def cache_root(config) -> str:
-  return config.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "steerjax")
+JUDGE_KINDS = ("openai", "local", "offline")
 
 
 def local_chat(bundle, max_new_tokens: int, batch_size: int) -> Callable[[List[str]], List[str]]:
   """`chat(prompts) -> replies` of a steerjax instruct model, greedy, under its chat template."""
   model, params, tok = bundle
-  stops = common.stop_ids(model, tok)
+  stops = stop_ids(model.cfg, tok)
 
   def chat(prompts):
     ids = generate_many(model, params, [tok.chat_prompt(p) for p in prompts],
@@ -31,24 +29,28 @@ def local_chat(bundle, max_new_tokens: int, batch_size: int) -> Callable[[List[s
   return chat
 
 
-def make_judge(config, ctx):
-  """OpenAIJudge or LocalJudge from `config.judge`, its cache under the run's cache dir."""
+def from_config(config, bundle):
+  """The judge `config.judge` describes; `bundle` = (model, params, tokenizer) of the target
+  model, which the local judge uses unless `judge.local_path` names another model and the
+  offline judge always uses. Its replies are cached under the run's cache root."""
   j = config.judge
-  cache = j.cache_dir or os.path.join(cache_root(config), "judge")
-  templates = judge_templates.load(j.get("templates", "steerjax"), cache_root(config),
-                                   j.get("templates_repo", ""))
+  if j.kind == "offline":
+    return OfflineJudge(*bundle)
+  root = paths.cache_root(config.cache_dir)
+  cache = j.cache_dir or os.path.join(root, "judge")
+  templates = judge_templates.load(j.templates, root, j.templates_repo)
   if j.kind == "openai":
     return OpenAIJudge(base_url=j.base_url, model=j.model, api_key_env=j.api_key_env,
                        temperature=j.temperature, max_tokens=j.max_tokens,
                        concurrency=j.concurrency, max_retries=j.max_retries,
                        timeout_s=j.timeout_s, cache_dir=cache, templates=templates)
   if j.kind == "local":
-    bundle, path = ctx.bundle, j.local_path or config.model.path
+    path = j.local_path or config.model.path
     if path != config.model.path:
-      root = config.data_root or None
-      bundle = load(path, common.DTYPES[j.local_dtype], data_root=root) + (
-          load_tokenizer(path, data_root=root),)
+      data_root = config.data_root or None
+      bundle = load(path, DTYPES[j.local_dtype], data_root=data_root) + (
+          load_tokenizer(path, data_root=data_root),)
     return LocalJudge(local_chat(bundle, j.local_max_new_tokens, j.local_batch_size),
                       name=f"{path}|greedy|{j.local_max_new_tokens}",
                       batch_size=j.local_batch_size, cache_dir=cache, templates=templates)
-  raise ValueError(f"judge.kind={j.kind!r}; use one of {KINDS}")
+  raise ValueError(f"judge.kind={j.kind!r}; use one of {JUDGE_KINDS}")

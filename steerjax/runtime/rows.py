@@ -14,7 +14,7 @@ from typing import List
 import numpy as np
 
 from steerjax import checkpoint, methods
-from steerjax.data import axbench as data
+from steerjax.data.benchmark import concept_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ def parse_rows(config, rows) -> List[Row]:
 def load_sv(svs_from: str, row: Row, concept, model_cfg) -> dict:
   """A row's SV for one concept, its factor scaled."""
   path = os.path.join(svs_from, "methods", row.method.name, "train", "svs",
-                      f"{data.concept_name(concept)}.safetensors")
+                      f"{concept_name(concept)}.safetensors")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: train {row.method.name} for concept "
                             f"{concept.concept_id} with the axbench job into {svs_from} first")

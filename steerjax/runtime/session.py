@@ -1,0 +1,276 @@
+"""The generate -> judge -> score session every evaluating job runs on: one benchmark, one
+judge, a store of judge-written texts, and per-concept files so a killed run resumes.
+
+Per method and concept, the benchmark's test instructions are answered by the steered model
+and rated by the judge on concept, instruction and fluency. Under the job's workdir:
+
+  methods/<method>/train/          SVs (svs/*.safetensors), checkpoints, metrics
+  methods/<method>/generations/    one JSON-lines file per concept (the resume unit)
+  methods/<method>/judged/         the same records with the three ratings
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import zlib
+from typing import Dict, List
+
+import jax
+import numpy as np
+
+from steerjax import checkpoint, methods, paths
+from steerjax.data import axbench, released, sources
+from steerjax.data.benchmark import Benchmark, concept_name
+from steerjax.eval import judges, scoring
+from steerjax.generate import generate_many, sampling_options
+from steerjax.models import stop_ids
+from steerjax.models.loading import resolve
+from steerjax.runtime import context, training
+from steerjax.store import TextStore
+
+STEERING_PROMPT_REQUEST = """\
+Write a short instruction for an AI assistant, two or three sentences and under 100 words, \
+that makes it bring the following concept into every answer it gives while still answering \
+the user's question: {concept}
+
+Write only the instruction itself, without quotes or any introduction."""
+STEERING_PROMPT_SOURCES = ("released", "judge", "benchmark")
+
+
+def write_jsonl(path: str, records: List[dict]):
+  paths.write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_jsonl(path: str) -> List[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def benchmark(config, tok) -> Benchmark:
+  """The configured benchmark: AxBench concepts, or TinyStories concepts (story openings as
+  instructions, each concept's description as its steering prompt)."""
+  if config.data.source == "axbench":
+    return sources.axbench_benchmark(config)
+  if config.data.source == "tinystories":
+    return sources.tinystories_benchmark(config, tok)
+  raise ValueError(f"data.source={config.data.source!r} has no test instructions; evaluate "
+                   "on 'axbench' or 'tinystories'")
+
+
+def model_sampling(config) -> dict:
+  """The extra `generate` arguments of `config.eval.sampling` for `config.model`."""
+  path = resolve(config.model.path, config.data_root or None)
+  return sampling_options(config.eval.sampling,
+                          path if os.path.isdir(path) else os.path.dirname(path))
+
+
+class Session:
+  """What the methods of one evaluation share: context, benchmark, judge, text store."""
+
+  def __init__(self, ctx, workdir: str, judge, bench=None, contrast: str = "contrast",
+               inputs=None):
+    self.ctx, self.config, self.workdir, self.judge = ctx, ctx.config, workdir, judge
+    self.bench = bench or benchmark(self.config, ctx.tok)
+    self.contrast = contrast   # the released file of SimPO triples for these concepts
+    # {concept_id: [model input per instruction]}: what the model is asked instead of the
+    # instruction the judge rates against (the suppression attack)
+    self.inputs = inputs or {}
+    self.cache_root = paths.cache_root(self.config.cache_dir)
+    self.store = TextStore(os.path.join(self.cache_root, "axbench_texts.jsonl"))
+    self.model_key = f"{self.config.model.path}|{ctx.model.cfg.fingerprint()}"
+    self.stops = stop_ids(ctx.model.cfg, ctx.tok)
+    self.sampling = model_sampling(self.config)
+    self._train_data = {}
+
+  def generate(self, prompts, **kwargs):
+    return generate_many(self.ctx.model, self.ctx.params, prompts,
+                         batch_size=self.config.eval.batch_size, sort_by_length=True,
+                         fixed_batch=True, stop_ids=self.stops, **kwargs)
+
+  def _neutral(self, source: str):
+    """`items -> neutral y ids` made by the target model or written by the judge, stored."""
+    d = self.config.data
+    name = self.model_key if source == "model" else self.judge.name
+    make_ids = lambda prompts: self.generate(prompts, max_new_tokens=d.neutral_max_tokens)
+    return lambda items: axbench.neutral_responses(
+        self.store, source, name, items, self.ctx.tok, d.neutral_max_tokens, make_ids,
+        self.judge.ask)
+
+  def training_data(self, method):
+    """ConceptData of every concept, with neutral responses when the objective needs them.
+    AxBench: the authors' released triples (`released`; the judge writes those the file
+    lacks), or made here by the model or the judge. Other sources: the model's own."""
+    source = method.neutral if methods.needs_neutral(method) else None
+    if source in self._train_data:
+      return self._train_data[source]
+    d, tok, concepts = self.config.data, self.ctx.tok, self.bench.concepts
+    self.ctx.log(f"training data, neutral y from {source}: {len(concepts)} concept(s)"
+                 if source else f"training data: {len(concepts)} concept(s)")
+    if d.source != "axbench":
+      out, _ = sources.training_concepts(self.config, tok)
+      if source:
+        out = training.with_model_neutral(self.ctx, out)
+    elif source == "released":
+      table = released.frame(self.contrast, d.task, self.cache_root, d.released_repo)
+      found = released.by_concept(table, concepts, self.ctx.log, "contrast data")
+      rest = [c for c in concepts if c.concept_id not in found]
+      made = {}
+      if rest:
+        sub = dataclasses.replace(self.bench, concepts=rest)
+        made = {x.name: x for x in axbench.training_data(sub, tok, d.max_response_tokens,
+                                                         self._neutral("judge"))}
+      out = [axbench.contrast_training_data(c, found[c.concept_id], tok, d.n_train,
+                                            d.max_response_tokens, d.neutral_max_tokens)
+             if c.concept_id in found else made[concept_name(c)] for c in concepts]
+    else:
+      out = axbench.training_data(self.bench, tok, d.max_response_tokens,
+                                  self._neutral(source) if source else None)
+    self._train_data[source] = out
+    return out
+
+  def train(self, method):
+    return training.train_svs(self.ctx, method, self.training_data(method),
+                              os.path.join(self.workdir, "methods", method.name, "train"),
+                              concept_ids=[c.concept_id for c in self.bench.concepts],
+                              tag=f"{method.name} ")
+
+  def saved_svs(self, method) -> Dict[str, dict]:
+    """{concept file name: SV} of a trained method, read from the files `train` wrote."""
+    folder = os.path.join(self.workdir, "methods", method.name, "train", "svs")
+    return {concept_name(c): checkpoint.load_sv(
+        os.path.join(folder, training.sv_filename(concept_name(c))), self.ctx.model.cfg)[0]
+            for c in self.bench.concepts}
+
+  def steering_prompts(self, concepts) -> Dict[int, str]:
+    """One steering prompt per concept, from `eval.steering_prompts`: the benchmark's own,
+    the authors' released one, or written by the judge model and stored (also for the
+    concepts the other two lack)."""
+    source = self.config.eval.steering_prompts
+    if source not in STEERING_PROMPT_SOURCES:
+      raise ValueError(f"eval.steering_prompts={source!r}; use one of {STEERING_PROMPT_SOURCES}")
+    found = {}
+    if source == "benchmark":
+      found = {c.concept_id: self.bench.steering_prompts[c.concept_id] for c in concepts
+               if c.concept_id in self.bench.steering_prompts}
+    elif source == "released":
+      table = released.frame("steering_prompts", self.config.data.task, self.cache_root,
+                             self.config.data.released_repo)
+      rows = released.by_concept(table, concepts, self.ctx.log, "steering prompts")
+      found = {cid: str(r["steering_prompt"].iloc[0]) for cid, r in rows.items()}
+    concepts = [c for c in concepts if c.concept_id not in found]
+    texts = self.written("steering_prompt", [
+        ((c.name,), STEERING_PROMPT_REQUEST.format(concept=c.name)) for c in concepts])
+    found.update({c.concept_id: text for c, text in zip(concepts, texts)})
+    return found
+
+  def written(self, kind: str, items) -> List[str]:
+    """Texts the judge writes for `items` [(key parts, request)], stored under its name so
+    each is asked once; quotes around a reply are dropped."""
+    keys = [self.store.key(kind, self.judge.name, *parts) for parts, _ in items]
+
+    def write(todo):
+      self.ctx.log(f"the judge writes {len(todo)} {kind.replace('_', ' ')}(s)")
+      return [t.strip().strip('"').strip() for t in self.judge.ask([items[i][1] for i in todo])]
+    return self.store.fetch(keys, write)
+
+  def path(self, method, stage: str, concept) -> str:
+    return os.path.join(self.workdir, "methods", method.name, stage,
+                        f"{concept_name(concept)}.jsonl")
+
+  def needs_generation(self, method) -> bool:
+    return any(not os.path.exists(self.path(method, "generations", c))
+               for c in self.bench.concepts)
+
+  def generations(self, method, concepts, svs, rng) -> Dict[int, List[dict]]:
+    """{concept_id: records without ratings} for `concepts`, generated in one batched pass."""
+    cfg, tok = self.config, self.ctx.tok
+    steering = self.steering_prompts(concepts) if method.kind == "prompting" else {}
+    records, prompts = [], []
+    for c in concepts:
+      for g in (method.grid or (None,)):
+        for i, x in enumerate(self.bench.instructions[c.concept_id]):
+          r = {"method": method.name, "concept_id": c.concept_id, "concept": c.name,
+               "instruction_id": i, "instruction": x, "factor": g}
+          text = x
+          if c.concept_id in self.inputs:
+            text = r["model_input"] = self.inputs[c.concept_id][i]
+          if method.kind == "prompting":
+            r["steering_prompt"] = steering[c.concept_id]
+            text = cfg.eval.prompt_template.format(prompt=r["steering_prompt"], instruction=text)
+          if method.trained and g is None:
+            r["learned_factor"] = float(np.asarray(svs[concept_name(c)]["factor"]))
+          records.append(r)
+          prompts.append(tok.chat_prompt(text))
+    sv, rows = None, None
+    if method.trained:
+      capacity = max(1, cfg.eval.concepts_per_chunk) * len(method.grid or (None,))
+      names = {c.concept_id: concept_name(c) for c in concepts}
+      sv, index = training.stacked_sv(list(names.values()), svs, method.grid, capacity)
+      rows = [index[(names[r["concept_id"]], r["factor"])] for r in records]
+    options = dict(dict(top_p=cfg.eval.top_p), **self.sampling)
+    outs = self.generate(prompts, max_new_tokens=cfg.eval.max_new_tokens, rng=rng,
+                         concept_ids=rows, temperature=cfg.eval.temperature,
+                         sv=sv, spec=method.spec if method.trained else None, **options)
+    by_concept = {c.concept_id: [] for c in concepts}
+    for r, out in zip(records, outs):
+      r.update(continuation=tok.decode(out), new_tokens=len(out))
+      by_concept[r["concept_id"]].append(r)
+    return by_concept
+
+  def evaluate(self, method, svs) -> List[dict]:
+    """Judged records of every concept; concepts already judged on disk are read back."""
+    cfg, log = self.config, self.ctx.log
+    records = []
+    todo = [c for c in self.bench.concepts
+            if not os.path.exists(self.path(method, "judged", c))]
+    for c in self.bench.concepts:
+      if c not in todo:
+        records += read_jsonl(self.path(method, "judged", c))
+    if len(todo) < len(self.bench.concepts):
+      log(f"{method.name}: {len(self.bench.concepts) - len(todo)} concept(s) already judged")
+    per_chunk = max(1, cfg.eval.concepts_per_chunk)
+    base = jax.random.fold_in(jax.random.key(cfg.seed), zlib.crc32(method.name.encode()))
+    for start in range(0, len(todo), per_chunk):
+      chunk = todo[start:start + per_chunk]
+      missing = [c for c in chunk if not os.path.exists(self.path(method, "generations", c))]
+      if missing:
+        made = self.generations(method, missing, svs,
+                                jax.random.fold_in(base, missing[0].concept_id))
+        for c in missing:
+          write_jsonl(self.path(method, "generations", c), made[c.concept_id])
+      gens = [r for c in chunk for r in read_jsonl(self.path(method, "generations", c))]
+      failures = self.judge.stats.failures
+      ratings = self.judge.rate([{"concept": g["concept"], "instruction": g["instruction"],
+                                  "continuation": g["continuation"]} for g in gens])
+      for g, r in zip(gens, ratings):
+        g.update({k: int(r[k]) for k in scoring.RATINGS}, judge_ok=bool(r["ok"]))
+      if self.judge.stats.failures > failures:
+        log(f"{method.name}: judge requests failed for concepts "
+            f"{[c.concept_id for c in chunk]}; their zeros count now, rerun to ask again")
+      else:
+        for c in chunk:
+          write_jsonl(self.path(method, "judged", c),
+                      [g for g in gens if g["concept_id"] == c.concept_id])
+      records += gens
+      log(f"{method.name}: judged {start + len(chunk)}/{len(todo)} concept(s)")
+    return records
+
+
+@contextlib.contextmanager
+def open_session(config, workdir: str, log=print, bundle=None, judge=None, **options):
+  """A `Session` of the configured model, judge (unless one is given) and benchmark; its
+  text store, and the judge it made, are closed on the way out."""
+  ctx = context.setup(config, log, bundle)
+  own_judge, state = judge is None, None
+  judge = judge or judges.from_config(config, ctx.bundle)
+  try:
+    state = Session(ctx, workdir, judge, **options)
+    yield state
+  finally:
+    if state is not None:
+      state.store.close()
+    if own_judge:
+      judge.close()
