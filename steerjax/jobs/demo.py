@@ -165,7 +165,7 @@ def judge_records(judge, records: list) -> list:
   items = [{"concept": r["concept"], "instruction": r["prompt"],
             "continuation": r["continuation"]} for r in records]
   for r, rating in zip(records, judge.rate(items)):
-    r.update({key: int(rating[key]) for key in scoring.RATINGS})
+    r.update({key: scoring.rating_value(rating[key]) for key in scoring.RATINGS})
   return records
 
 
