@@ -24,8 +24,8 @@ from steerjax.eval.templates import parse_rating
 from steerjax.jobs import axbench, steered
 
 TASKS = ("tinymmlu", "tinygsm8k")
-COLUMNS = ("row", "concepts", "mmlu_judge", "mmlu_letter", "gsm8k", "gsm8k_strict",
-           "long_context")
+COLUMNS = ("row", "concepts", "mmlu_judge", "mmlu_letter", "gsm8k", "gsm8k_flexible",
+           "gsm8k_strict", "long_context")
 
 
 def _concepts(config, bench):
@@ -95,7 +95,9 @@ def evaluate_one(run, row, concepts, sv, items: Dict, steering_prompt: str) -> d
     texts = [ctx.tok.decode(x) for x in ids]
     out[f"{task}_responses"] = texts
     if task == "tinygsm8k":
-      out["gsm8k"] = float(np.mean(utility.gsm8k_correct(texts, task_items, "flexible")))
+      out["gsm8k"] = float(np.mean(utility.gsm8k_correct(texts, task_items, "paper")))
+      out["gsm8k_flexible"] = float(np.mean(utility.gsm8k_correct(texts, task_items,
+                                                                  "flexible")))
       out["gsm8k_strict"] = float(np.mean(utility.gsm8k_correct(texts, task_items, "strict")))
       if u.long_context_score:
         ratings = run.judge.rate([{"concept": c.name, "instruction": item["question"],
@@ -168,6 +170,7 @@ def write(folder: str, config, summary: Dict[str, dict], seconds: float):
   with open(os.path.join(folder, "utility.md"), "w") as f:
     f.write(f"# utility: {config.model.path}, layer {config.steer.layer} ({seconds:.0f} s)\n\n"
             + scoring.results_table(shown, COLUMNS) + "\n\nAccuracy (0..1) on tinyMMLU (judge on "
-            "the generated answer; answer letter's log-likelihood) and tinyGSM8K (final number; "
-            "strict '#### n'), mean over concepts; long_context = the steering score (0..2) of "
-            "the GSM8K answers (paper Table 17).\n")
+            "the generated answer; answer letter's log-likelihood) and tinyGSM8K (any number equal "
+            "to the answer, the paper's rule; flexible = lm-eval's last number; strict '#### n'), "
+            "mean over concepts; long_context = the steering score (0..2) of the GSM8K answers "
+            "(paper Table 17).\n")
