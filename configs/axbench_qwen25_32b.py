@@ -39,4 +39,7 @@ def get_config(arg=None):
   # The authors' Q32B prompting input drops AxBench's leading space
   # (prosv experiments/axbench/inference_axbench.py).
   config.eval.prompt_template = "{prompt}\n\nQuestion: {instruction}"
+  # job=search: paper Table 10's Q32B axes (the other axes as for Gemma).
+  config.search.epochs = (6, 12, 18)
+  config.search.batch_size = (3, 6)
   return config

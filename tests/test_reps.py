@@ -190,3 +190,13 @@ def test_gemma_baselines_follow_axbench_sweep_files():
       assert m.step.bias and m.step.factor_mode == "sampled" and m.run.lam == 1.0
       assert (m.spec.positions, m.spec.training_positions) == ("all", "all-f4")
       assert m.step.factor_set == tuple(range(2, 21, 2)) and len(m.grid) == 14
+
+
+def test_q32b_search_grid_is_table_10s():
+  """Table 10 searches Q32B over epochs {6, 12, 18} and batch {3, 6}."""
+  from configs import axbench_qwen25_32b
+  from steerjax.jobs import search      # the job's grid builder (tests may import jobs)
+  points = search.grid(axbench_qwen25_32b.get_config())
+  assert sorted({(p["batch_size"], p["epochs"]) for p in points}) == [
+      (b, e) for b in (3, 6) for e in (6, 12, 18)]
+  assert len(points) == 4 * 4 * 2 * 2 * 3 * 2
