@@ -5,7 +5,10 @@ example carries its concept's index. Factor modes (`FACTOR_MODES`):
   joint   - alpha and v trained together (the paper's method),
   fixed   - alpha frozen at `fixed_factor`, only v trained,
   sampled - alpha drawn per example from `factor_set` (RePS-style), only v trained.
-Objectives come from `steerjax.losses.OBJECTIVES`. A run takes two configs: `StepConfig`
+Objectives come from `steerjax.losses.OBJECTIVES`. `StepConfig.bias` adds AxBench's learned
+bias b to the SV (trained at the direction's rate) and `StepConfig.dropout` its dropout on
+the added v, a mask per sequence and op; `SteerSpec.train_positions` lets training steer
+other positions than inference. A run takes two configs: `StepConfig`
 (what the compiled step depends on) and `RunConfig` (init, base rates, loop), so sweeps
 over beta, lam, learning rates and seeds reuse one compiled step.
 
