@@ -30,28 +30,30 @@ def table11(positions, objective, batch, beta, lr_factor, lam, lr_direction, epo
               lr_direction=float(lr_direction), epochs=epochs)
 
 
-def baselines(factor_set, grid, sampled_batch=6, sampled_epochs=18, reps_batch=6,
-              reps_epochs=18):
+def baselines(factor_set, grid, lang_sampled, reps_sampled, train_positions="all-bos"):
   """Factor-grid baselines with their sources' training values (docs/axbench.md).
 
   fssv_lang_fixed: AxBench's steering-vector baseline, sweep/wuzhengx/{2b/l10,9b/l20}/
     steering_vec.yaml: batch 6, 3 epochs, lr 0.01, weight decay 0, every position but BOS,
     trained at factor 1 and searched over AxBench's 14 factors 0.2..5.0.
-  fssv_lang_sampled, fssv_reps_sampled: RePS-style factor sampling; Gemma values batch 6,
-    18 epochs, lr 0.08, BOS excluded (the RePS setup as ported, not found in AxBench's own
-    sweep files: an assumption); Qwen-32B: the paper's Table 12. RePS trains with AxBench's
-    loss (`reps_axbench`) on the target model's own greedy responses.
+  fssv_lang_sampled, fssv_reps_sampled: AxBench's ConceptVector (Lang) and PreferenceVector
+    (RePS), as AxBench trains them: factors drawn from `factor_set`, a learned bias b
+    (`h + (a + b) v`; `relu(h.v + b)` in NullInv), lam 1 (torch's default Linear init),
+    every position after `train_positions` in training (AxBench skips the chat prefix), every
+    position including BOS at inference, searched over `grid`. `lang_sampled` and
+    `reps_sampled` hold each model's batch, accumulation, epochs, lr and dropout (method
+    keys); RePS trains with AxBench's loss (`reps_axbench`) on the target model's own greedy
+    responses.
   """
-  sampled = dict(positions="all-bos", factor_mode="sampled", lam=1.0, lr_direction=0.08,
-                 factor_set=tuple(factor_set), grid=tuple(grid))
+  sampled = dict(positions="all", train_positions=train_positions, factor_mode="sampled",
+                 bias=True, lam=1.0, factor_set=tuple(factor_set), grid=tuple(grid))
   return {
       "fssv_lang_fixed": dict(positions="all-bos", objective="lang", factor_mode="fixed",
                               fixed_factor=1.0, lam=1.0, lr_direction=0.01, batch_size=6,
                               epochs=3, grid=CLASSIC_GRID),
-      "fssv_lang_sampled": dict(sampled, objective="lang", batch_size=sampled_batch,
-                                epochs=sampled_epochs),
-      "fssv_reps_sampled": dict(sampled, objective="reps_axbench", batch_size=reps_batch,
-                                epochs=reps_epochs, neutral="model"),
+      "fssv_lang_sampled": dict(sampled, objective="lang", **lang_sampled),
+      "fssv_reps_sampled": dict(sampled, objective="reps_axbench", neutral="model",
+                                **reps_sampled),
       "prompting": dict(kind="prompting"),
       "unsteered": dict(kind="unsteered"),
   }

@@ -3,6 +3,13 @@
   python -m steerjax.main --config=configs/axbench_gemma2_2b.py --workdir=runs/g2b_l10
 
 Joint methods use the paper's Table 11 values for this model (absolute rates at width 2304).
+The two sampling baselines use AxBench's sweep files at c01a22a (docs/axbench.md), in
+axbench/sweep/wuzhengx/reps/experiments/: c_vector_g2-2b_axbench.yaml lines 24-28 (Lang:
+batch 6 x accumulation 2, 6 epochs, lr 0.04, dropout 0), 34 and 38 (all positions,
+exclude_bos), 39 (training factors) and 60 (search grid); p_vector_dps_g2-2b_axbench.yaml
+lines 24-27 and 40 (RePS: batch 6, 18 epochs, lr 0.04, dropout 0), 30 and 34 (positions), 42
+and 62 (factors). exclude_bos skips AxBench's get_prefix_length tokens: 4 on Gemma-2 (BOS,
+<start_of_turn>, user, newline), hence `all-f4`.
 """
 
 from configs import axbench_common as common
@@ -20,5 +27,8 @@ def get_config(arg=None):
       "prosv_simpo": t11("f2+l2", "simpo", batch=6, beta=4, lr_factor=20, lam=8,
                          lr_direction=0.04, epochs=12),
   }
-  methods = dict(common.baselines(common.GEMMA_FACTOR_SET, common.GEMMA_GRID), **joint)
+  lang_sampled = dict(batch_size=12, grad_accum_steps=2, epochs=6, lr_direction=0.04)
+  reps_sampled = dict(batch_size=6, epochs=18, lr_direction=0.04, dropout=0.0)
+  methods = dict(common.baselines(common.GEMMA_FACTOR_SET, common.GEMMA_GRID, lang_sampled,
+                                  reps_sampled, train_positions="all-f4"), **joint)
   return common.make_config("google/gemma-2-2b-it", "2b_l10", 10, methods, num_concepts=500)

@@ -27,8 +27,9 @@ def get_config(arg=None):
                           grad_accum_steps=2, schedule_steps="micro_batches"),
   }
   # Table 12: Lang 18 epochs, lr 0.08, batch 6; RePS 12 epochs, lr 0.08, batch 12.
-  methods = dict(common.baselines(common.QWEN_FACTOR_SET, common.QWEN_GRID, sampled_batch=6,
-                                 sampled_epochs=18, reps_batch=12, reps_epochs=12), **joint)
+  methods = dict(common.baselines(common.QWEN_FACTOR_SET, common.QWEN_GRID,
+                                  dict(batch_size=6, epochs=18, lr_direction=0.08),
+                                  dict(batch_size=12, epochs=12, lr_direction=0.08)), **joint)
   run = tuple(m for m in common.TABLE_METHODS if m != "fssv_lang_fixed")
   config = common.make_config("Qwen/Qwen2.5-32B-Instruct", "9b_l20", 32, methods,
                               num_concepts=100, methods_run=run)
@@ -38,4 +39,7 @@ def get_config(arg=None):
   # The authors' Q32B prompting input drops AxBench's leading space
   # (prosv experiments/axbench/inference_axbench.py).
   config.eval.prompt_template = "{prompt}\n\nQuestion: {instruction}"
+  # job=search: paper Table 10's Q32B axes (the other axes as for Gemma).
+  config.search.epochs = (6, 12, 18)
+  config.search.batch_size = (3, 6)
   return config

@@ -27,7 +27,11 @@ OVERRIDES = {
     "lr_direction": ("optim", "lr_direction"), "ref_width": ("optim", "ref_width"),
     "grad_accum_steps": ("train", "grad_accum_steps"),
     "schedule_steps": ("train", "schedule_steps"), "param_dtype": ("sv", "param_dtype"),
+    "train_positions": ("steer", "train_positions"), "bias": ("sv", "bias"),
+    "dropout": ("sv", "dropout"),
 }
+# Values of method keys a config's groups may lack (AxBench's RePS extras).
+DEFAULTS = {"train_positions": "", "bias": False, "dropout": 0.0}
 OTHER_KEYS = {
     "kind": "trained | prompting | unsteered (default: trained with positions, else the name)",
     "grid": "factors searched at inference (picked on ids 0..4, scored on 5..9)",
@@ -53,7 +57,11 @@ class Method:
 def value(config, over, key):
   """A method key's value: the method's override, else its config group's field."""
   group, field = OVERRIDES[key]
-  return over[key] if key in over else config[group][field]
+  if key in over:
+    return over[key]
+  if key in DEFAULTS:
+    return config[group].get(field, DEFAULTS[key])
+  return config[group][field]
 
 
 def step_config(config, over=None) -> StepConfig:
@@ -66,7 +74,8 @@ def step_config(config, over=None) -> StepConfig:
                     clip_factor=o.clip_factor, schedule=o.schedule,
                     warmup_steps=o.warmup_steps, weight_decay=o.weight_decay,
                     grad_accum_steps=get("grad_accum_steps"),
-                    schedule_steps=get("schedule_steps"), param_dtype=get("param_dtype"))
+                    schedule_steps=get("schedule_steps"), param_dtype=get("param_dtype"),
+                    bias=bool(get("bias")), dropout=float(get("dropout")))
 
 
 def loop_config(config, over=None) -> LoopConfig:
@@ -81,8 +90,9 @@ def loop_config(config, over=None) -> LoopConfig:
 
 
 def steer_spec(config, over=None) -> SteerSpec:
-  return SteerSpec(layer=config.steer.layer, positions=value(config, over or {}, "positions"),
-                   op=config.steer.op)
+  over = over or {}
+  return SteerSpec(layer=config.steer.layer, positions=value(config, over, "positions"),
+                   op=config.steer.op, train_positions=value(config, over, "train_positions"))
 
 
 def from_config(config, name: str) -> Method:

@@ -4,7 +4,9 @@ Learning rates are given at a reference width `ref_width` and rescaled to the mo
 factor `lr * sqrt(n / ref_width)`, direction `lr * sqrt(ref_width / n)` (method.md section 3).
 Leaves get their rule from an ordered (regex, label) list that must cover every leaf.
 Defaults follow the authors' runs: Adam, weight decay 0, linear decay to 0, no warmup,
-gradient clipping at 1.0 on the direction only (per concept when SVs are stacked).
+gradient clipping at 1.0 on the direction only (per concept when SVs are stacked); an SV's
+learned `bias` (RePS as AxBench trains it) goes with the direction: its rate, and one
+gradient norm over both, as AxBench clips all intervention parameters together.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SV_RULES = (("^factor$", "factor"), ("^direction$", "direction"))
+SV_RULES = (("^factor$", "factor"), ("^direction$", "direction"), ("^bias$", "direction"))
 
 
 def label_tree(tree, rules: Sequence = SV_RULES):
@@ -40,12 +42,20 @@ def scaled_learning_rates(width: int, lr_factor: float, lr_direction: float,
 
 def clip_rows(max_norm: float) -> optax.GradientTransformation:
   """Clip the gradient norm of each SV separately ([D] as one SV, [C, D] as C SVs), so a
-  stacked run gives every concept the update its own run would get."""
+  stacked run gives every concept the update its own run would get. Several leaves (a
+  direction and its bias) share one norm per SV, their rows those of the widest leaf."""
   def update(updates, state, params=None):
-    def clip(g):
-      norm = jnp.sqrt(jnp.sum(jnp.square(g), axis=-1, keepdims=True))
-      return g * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
-    return jax.tree.map(clip, updates), state
+    leaves = jax.tree.leaves(updates)
+    if len(leaves) == 1:
+      def clip(g):
+        norm = jnp.sqrt(jnp.sum(jnp.square(g), axis=-1, keepdims=True))
+        return g * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
+      return jax.tree.map(clip, updates), state
+    rows = max(leaves, key=jnp.ndim).shape[:-1]
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(g).reshape(rows + (-1,)), axis=-1) for g in leaves))
+    scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
+    return jax.tree.map(lambda g: g * scale.reshape(rows + (1,) * (g.ndim - len(rows))),
+                        updates), state
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 

@@ -7,7 +7,9 @@ the model with the SV applied at the output of block `spec.layer`, at the positi
 edit mask, by intercepting that block's residual-stream site; no model code changes.
 
 Ops (method.md section 1): add `h + a v`; clamp `h + a v - u u^T h`; null `h - relu(h.u) u`,
-with `u = v / ||v||`.
+with `u = v / ||v||`. An SV may also carry a learned `bias` b and a dropout `keep` mask on v
+(RePS as AxBench trains it): add `h + (a + b) v'`, null `h - relu(h.v + b) v' / ||v||^2`,
+with v' = v times the mask.
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ import jax.numpy as jnp
 
 from steerjax.models.decoder import SITE_METHOD, block_name
 
-_POSITIONS = re.compile(r"^(?:(all|all-bos|prompt|generation)|f(\d+)|l(\d+)|f(\d+)\+l(\d+))$")
+_POSITIONS = re.compile(
+    r"^(?:(all|all-bos|prompt|generation)|f(\d+)|l(\d+)|f(\d+)\+l(\d+)|all-f(\d+))$")
 
 
 @dataclasses.dataclass(frozen=True)
 class SteerSpec:
   layer: int                 # 0-based; the output of decoder block `layer` (HF model.layers[layer])
-  positions: str = "f2+l2"   # all | all-bos | prompt | generation | fN | lN | fN+lM
+  positions: str = "f2+l2"   # all | all-bos | all-fN | prompt | generation | fN | lN | fN+lM
   op: str = "add"            # add | clamp | null
+  train_positions: str = ""  # where training steers, when it differs ('' = positions)
 
   def __post_init__(self):
     if not isinstance(self.layer, int) or self.layer < 0:
@@ -37,22 +41,31 @@ class SteerSpec:
     if self.op not in OPS:
       raise ValueError(f"SteerSpec.op={self.op!r}; expected one of {tuple(OPS)}")
     parse_positions(self.positions)
+    if self.train_positions:
+      parse_positions(self.train_positions)
 
   @property
   def acts_on_generation(self) -> bool:
     """True when generated tokens are edited too (FSSV), so every decode step is steered."""
-    return self.positions in ("all", "all-bos", "generation")
+    return parse_positions(self.positions)[0] in ("all", "all-bos", "all-f", "generation")
+
+  @property
+  def training_positions(self) -> str:
+    return self.train_positions or self.positions
 
 
 def parse_positions(positions: str):
-  """'f2+l2' -> ('fl', 2, 2); 'all' -> ('all', 0, 0). Raises ValueError naming bad input."""
+  """'f2+l2' -> ('fl', 2, 2); 'all' -> ('all', 0, 0); 'all-f4' -> ('all-f', 4, 0). Raises
+  ValueError naming bad input."""
   m = _POSITIONS.match(positions) if isinstance(positions, str) else None
   if not m:
-    raise ValueError(f"positions={positions!r} is not valid; use 'all', 'all-bos', 'prompt', "
-                     "'generation', 'fN', 'lN' or 'fN+lM' (e.g. 'f2+l2')")
-  named, f, l, f2, l2 = m.groups()
+    raise ValueError(f"positions={positions!r} is not valid; use 'all', 'all-bos', 'all-fN', "
+                     "'prompt', 'generation', 'fN', 'lN' or 'fN+lM' (e.g. 'f2+l2')")
+  named, f, l, f2, l2, skip = m.groups()
   if named:
     return named, 0, 0
+  if skip is not None:
+    return "all-f", int(skip), 0
   first, last = int(f or f2 or 0), int(l or l2 or 0)
   if first + last == 0:
     raise ValueError(f"positions={positions!r} selects no token; use N >= 1")
@@ -71,6 +84,8 @@ def positions_mask(positions: str, prompt_mask_BT, token_mask_BT):
   rank = jnp.cumsum(prompt, axis=1)            # 1-based index among prompt tokens
   if kind == "all-bos":                        # AxBench's exclude_bos: all but the first
     return tokens & ~(prompt & (rank == 1))
+  if kind == "all-f":                          # all but the first N (AxBench's chat prefix)
+    return tokens & ~(prompt & (rank <= first))
   if kind == "prompt":
     return prompt
   if kind == "generation":
@@ -93,6 +108,15 @@ def init_sv(rng, width: int, beta: float, lam: float, init: str = "normal", conc
     raise ValueError(f"direction init={init!r}; use 'normal' (paper) or 'uniform' (authors' code)")
   factor = jnp.full(shape[:-1], beta * math.sqrt(width), jnp.float32)
   return {"factor": factor, "direction": v}
+
+
+def chat_prefix_length(chat_ids) -> int:
+  """Tokens every chat prompt starts with, as AxBench's `get_prefix_length` counts them:
+  where the templated one-message chats "1" and "2" first differ. `chat_ids(messages) ->
+  ids` applies the chat template (4 on Gemma-2-it: BOS, `<start_of_turn>`, `user`, a
+  newline); `all-f{n}` then steers all but those."""
+  a, b = (list(chat_ids([{"role": "user", "content": x}])) for x in ("1", "2"))
+  return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), 0)
 
 
 def select(sv, concept_ids=None):
@@ -126,8 +150,30 @@ def null_op(h, factor, v):
   return h - jax.nn.relu(jnp.sum(h * u, axis=-1, keepdims=True)) * u
 
 
+def _biased(op, h, factor, v, bias, keep):
+  """The op with AxBench's learned bias b and dropout mask on the added vector:
+  add/clamp add (a + b) v', null removes relu(h.v + b) v' / ||v||^2 (v' = v * keep)."""
+  applied = v * keep
+  if op == "null":
+    latent = jax.nn.relu(jnp.sum(h * v, axis=-1, keepdims=True) + bias)
+    return h - latent / jnp.maximum(jnp.sum(v * v, axis=-1, keepdims=True), 1e-24) * applied
+  out = h + (factor + bias) * applied
+  if op == "clamp":
+    u = _unit(v)
+    out = out - jnp.sum(h * u, axis=-1, keepdims=True) * u
+  return out
+
+
 # name -> op(h [B, T, D], factor [B, 1, 1], v [B, 1, D]) -> edited h, all float32
 OPS = {"add": add_op, "clamp": clamp_op, "null": null_op}
+
+
+def _optional_leaf(sv, key, concept_ids, default):
+  """`bias` or `keep` per example, indexed like the direction; `default` when absent."""
+  if key not in sv:
+    return jnp.float32(default)
+  value = jnp.asarray(sv[key], jnp.float32)
+  return value[concept_ids] if jnp.ndim(sv["direction"]) == 2 else value
 
 
 def edit(h_BTD, sv, mask_BT, op: str = "add", concept_ids=None):
@@ -138,7 +184,13 @@ def edit(h_BTD, sv, mask_BT, op: str = "add", concept_ids=None):
   h = h_BTD.astype(jnp.float32)
   v = v[:, None, :].astype(jnp.float32)                       # [B or 1, 1, D]
   factor = jnp.reshape(factor, (-1, 1, 1)).astype(jnp.float32)
-  new = OPS[op](h, factor, v)
+  if "bias" in sv or "keep" in sv:
+    bias = _optional_leaf(sv, "bias", concept_ids, 0.0)
+    keep = _optional_leaf(sv, "keep", concept_ids, 1.0)
+    keep = keep if keep.ndim == 0 else jnp.reshape(keep, (-1, 1, keep.shape[-1]))
+    new = _biased(op, h, factor, v, jnp.reshape(bias, (-1, 1, 1)), keep)
+  else:
+    new = OPS[op](h, factor, v)
   return jnp.where(jnp.asarray(mask_BT, bool)[..., None], new.astype(h_BTD.dtype), h_BTD)
 
 

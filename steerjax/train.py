@@ -5,7 +5,10 @@ example carries its concept's index. Factor modes (`FACTOR_MODES`):
   joint   - alpha and v trained together (the paper's method),
   fixed   - alpha frozen at `fixed_factor`, only v trained,
   sampled - alpha drawn per example from `factor_set` (RePS-style), only v trained.
-Objectives come from `steerjax.losses.OBJECTIVES`. A run takes two configs: `StepConfig`
+Objectives come from `steerjax.losses.OBJECTIVES`. `StepConfig.bias` adds AxBench's learned
+bias b to the SV (trained at the direction's rate) and `StepConfig.dropout` its dropout on
+the added v, a mask per sequence and op; `SteerSpec.train_positions` lets training steer
+other positions than inference. A run takes two configs: `StepConfig`
 (what the compiled step depends on) and `LoopConfig` (init, base rates, loop), so sweeps
 over beta, lam, learning rates and seeds reuse one compiled step.
 
@@ -33,8 +36,13 @@ from steerjax import checkpoint, losses
 from steerjax.data.batching import ConceptData, batch_indices, pack, response_window
 from steerjax.health import Health, residual_norm
 from steerjax.optim import make_optimizer, scaled_learning_rates
-from steerjax.steering import SteerSpec, edit, init_sv, positions_mask, steer
+from steerjax.steering import OPS, SteerSpec, edit, init_sv, positions_mask, steer
 from steerjax.train_config import LoopConfig, StepConfig, factor_mode, schedule_length
+
+# SV leaf -> the learning rate it takes: the bias moves at the direction's rate (AxBench's
+# one AdamW rate for the whole intervention).
+LR_OF = {"bias": "direction"}
+
 
 class NonFiniteError(FloatingPointError):
   """The loss or an SV became NaN/inf; the last good checkpoint is kept."""
@@ -72,7 +80,7 @@ def _forward(model, spec: SteerSpec, op: str, params, sv_B, seq, h=None):
   """Steered log-probs [B, R] of the response window's targets in one packed batch `seq`;
   `sv_B` holds one SV per example. With `h` (cached block-`layer` outputs) only later
   blocks run."""
-  mask = positions_mask(spec.positions, seq["prompt"], seq["valid"])
+  mask = positions_mask(spec.training_positions, seq["prompt"], seq["valid"])
   ids = jnp.arange(seq["tokens"].shape[0])
   if h is None:
     return steer(model.apply, dataclasses.replace(spec, op=op))(
@@ -148,7 +156,25 @@ def _example_svs(sv, step: StepConfig, group, key, name: str):
   if name == "neg" and losses.objective(step.objective).independent_factors:
     key = jax.random.fold_in(key, 1)
   factor = factor_mode(step.factor_mode).per_example(sv["factor"], group, key, step)
-  return {"factor": factor, "direction": sv["direction"][group]}
+  out = {"factor": factor, "direction": sv["direction"][group]}
+  if "bias" in sv:
+    out["bias"] = sv["bias"][group]
+  return out
+
+
+_READ_NAMES = ("pos", "neg")
+
+
+def _with_dropout(sv_B, step: StepConfig, key, name: str, op: str):
+  """`sv_B` with a dropout mask on its added vector (`keep`: 0 or 1 / (1 - p) per example
+  and dimension), drawn anew for every sequence and op, as AxBench drops out each
+  sequence's v in training; unchanged without dropout."""
+  if not step.dropout:
+    return sv_B
+  key = jax.random.fold_in(jax.random.fold_in(key, 1000 + _READ_NAMES.index(name)),
+                           list(OPS).index(op))
+  kept = jax.random.bernoulli(key, 1.0 - step.dropout, sv_B["direction"].shape)
+  return dict(sv_B, keep=kept.astype(jnp.float32) / (1.0 - step.dropout))
 
 
 def loss_fn(sv, model, spec: SteerSpec, step: StepConfig, groups: int, params, data,
@@ -160,9 +186,10 @@ def loss_fn(sv, model, spec: SteerSpec, step: StepConfig, groups: int, params, d
     svs = dict.fromkeys(data, svs["pos"])
 
   def logprob(name, op=None):
-    seq, sv_B = batch[name], svs[name]
-    return losses.masked_sum(_forward(model, spec, op or spec.op, params, sv_B, seq,
-                                      seq.get("h")), seq["target_mask"])
+    op = op or spec.op
+    seq, sv_B = batch[name], _with_dropout(svs[name], step, key, name, op)
+    return losses.masked_sum(_forward(model, spec, op, params, sv_B, seq, seq.get("h")),
+                             seq["target_mask"])
   return losses.objective(step.objective).loss(logprob, batch, group, groups)
 
 
@@ -191,7 +218,8 @@ def accumulated_loss_and_grad(sv, model, spec, step: StepConfig, groups: int, pa
     rows = lambda x: jax.lax.dynamic_slice_in_dim(x, c * m, m)
     out = {}
     for name, op in reads:
-      sv_B = jax.tree.map(rows, _example_svs(sv, step, group, key, name))
+      sv_B = jax.tree.map(rows, _with_dropout(_example_svs(sv, step, group, key, name), step,
+                                              key, name, op))
       seq = _take(data[name], rows(idx))
       out[(name, op)] = losses.masked_sum(
           _forward(model, spec, op, params, sv_B, seq, seq.get("h")), seq["target_mask"])
@@ -225,7 +253,7 @@ def train_step(state, model, spec, step, groups, tx, params, data, idx, group):
              else accumulated_loss_and_grad)
   loss, grads = grad_fn(state["sv"], model, spec, step, groups, params, data, idx, group, key)
   updates, opt_state = tx.update(grads, state["opt"], state["sv"])
-  updates = {k: _scaled(u, state["lr"][k]) for k, u in updates.items()}
+  updates = {k: _scaled(u, state["lr"][LR_OF.get(k, k)]) for k, u in updates.items()}
   sv = optax.apply_updates(state["sv"], updates)
   if step.param_dtype == "bfloat16":   # emulate SV parameters stored in bf16
     sv = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), sv)
@@ -269,6 +297,8 @@ def initial_sv(step: StepConfig, loop: LoopConfig, width: int, concept_indices: 
     sv = init_sv(jax.random.fold_in(base, int(c)), width, r.beta, r.lam, r.direction_init)
     rows.append(dict(sv, factor=factor_mode(step.factor_mode).init(sv["factor"], r)))
   sv = {k: jnp.stack([r[k] for r in rows]) for k in ("factor", "direction")}
+  if step.bias:
+    sv["bias"] = jnp.zeros_like(sv["factor"])   # AxBench starts it at 0
   if step.param_dtype == "bfloat16":
     sv = jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), sv)
   return sv

@@ -71,6 +71,8 @@ class StepConfig:
   grad_accum_steps: int = 1          # micro-batches per update (exact: equals the big batch)
   schedule_steps: str = "updates"    # updates | micro_batches (the authors' longer schedule)
   param_dtype: str = "float32"       # bfloat16 emulates the authors' bf16 SV storage
+  bias: bool = False                 # a learned bias b: add h + (a + b) v, null relu(h.v + b)
+  dropout: float = 0.0               # dropout on the added v in training (AxBench's RePS)
 
   def __post_init__(self):
     losses.objective(self.objective)
@@ -83,6 +85,8 @@ class StepConfig:
                        f"{SCHEDULE_STEPS}")
     if self.param_dtype not in PARAM_DTYPES:
       raise ValueError(f"sv.param_dtype={self.param_dtype!r}; use one of {PARAM_DTYPES}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"sv.dropout={self.dropout!r} must be in [0, 1)")
     if self.batch_size < 1 or self.epochs < 1:
       raise ValueError(f"train.batch_size={self.batch_size} and train.epochs={self.epochs} "
                        "must be >= 1")

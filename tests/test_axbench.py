@@ -46,8 +46,8 @@ def tiny_config(model_dir, cache_dir, server_url=""):
   c.methods = METHODS
   for name in METHODS:
     over = c.method_overrides[name]
-    if "positions" in over:
-      over.batch_size, over.epochs = 3, 1
+    if "positions" in over:   # micro-batches of 3 (Lang sampled accumulates 2 of them)
+      over.batch_size, over.epochs = 3 * over.get("grad_accum_steps", 1), 1
   c.method_overrides.fssv_lang_sampled.grid = GRID
   c.judge.update(base_url=server_url, model="judge-test", api_key_env=KEY_ENV, concurrency=8,
                  max_retries=1, timeout_s=10.0, templates="steerjax")

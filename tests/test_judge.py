@@ -200,7 +200,9 @@ def cache_lines(cache_dir):
     ("Rating: [[2.0]]", (2, True)),
     ("Rating: [[3]]", (0, False)),
     ("Rating: [[-1]]", (0, False)),
-    ("Rating: [[1.5]]", (0, False)),
+    ("Rating: [[1.5]]", (1.5, True)),     # AxBench reads fractions: float(), 0 <= r <= 2
+    ("Rating: 0.5", (0.5, True)),
+    ("Rating: [[2.5]]", (0, False)),
     ("Rating: [[k]]", (0, False)),
     ("Rating: [[2]]\nRating: unsure", (0, False)),
     # markdown and punctuation both references read through

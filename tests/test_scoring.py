@@ -223,3 +223,24 @@ def test_oracle_and_random_splits_on_known_ratings():
   joint = [_rated(0, None, i, 2 if i % 2 else 1) for i in range(10)]
   assert oracle_scores(joint, grid=False) == {0: 1.5}
   assert abs(split_scores(joint, grid=False, n_splits=4000).mean() - 1.5) < 0.02
+
+
+def test_random_splits_are_drawn_per_sv():
+  from steerjax.eval.scoring import concept_split_scores, split_scores
+  # Two concepts with the same ratings: one shared halving would give them equal scores in
+  # every split; the paper's per-SV halvings make them differ, with the same distribution.
+  records = [_rated(c, f, i, s) for c in (0, 1)
+             for f, s_of in ((1.0, lambda i: 2 if i < 5 else 0), (2.0, lambda i: 1.5))
+             for i in range(10) for s in [s_of(i)]]
+  per = concept_split_scores(records, grid=True, n_splits=600, seed=3)
+  assert sorted(per) == [0, 1] and per[0].shape == (600,)
+  assert np.mean(per[0] != per[1]) > 0.05
+  expected = (1 * 0.0 + 25 * 0.4 + 226 * 1.5) / 252
+  assert abs(per[0].mean() - expected) < 0.05 and abs(per[1].mean() - expected) < 0.05
+  overall = split_scores(records, grid=True, n_splits=600, seed=3)
+  np.testing.assert_allclose(overall, (per[0] + per[1]) / 2)
+  # Independent halvings average out: the spread of the mean is about 1/sqrt(2) of one SV's.
+  assert 0.6 < overall.std() / per[0].std() < 0.82
+  joint = [_rated(c, None, i, 2 if i % 2 else 1) for c in (0, 1) for i in range(10)]
+  per_joint = concept_split_scores(joint, grid=False, n_splits=200)
+  assert np.mean(per_joint[0] != per_joint[1]) > 0.3

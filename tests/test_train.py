@@ -37,8 +37,10 @@ _concepts = synthetic_concepts
 
 
 def test_optimizer_rules_cover_every_leaf():
-  with pytest.raises(ValueError, match="'bias' is covered by no optimizer rule"):
-    label_tree({"factor": 1.0, "direction": jnp.zeros(3), "bias": jnp.zeros(3)})
+  with pytest.raises(ValueError, match="'offset' is covered by no optimizer rule"):
+    label_tree({"factor": 1.0, "direction": jnp.zeros(3), "offset": jnp.zeros(3)})
+  # AxBench's learned bias trains with the direction
+  assert label_tree({"factor": 1.0, "direction": jnp.zeros(3), "bias": 0.0})["bias"] == "direction"
   lr_f, lr_d = scaled_learning_rates(256, 10.0, 0.04, ref_width=64)
   assert lr_f == pytest.approx(20.0) and lr_d == pytest.approx(0.02)
   assert scaled_learning_rates(64, 10.0, 0.04) == (10.0, 0.04)

@@ -79,6 +79,25 @@ def test_hand_made_answers_score_as_known():
   assert utility.gsm8k_correct(responses, [item] * 4) == [True, True, False, False]
   assert utility.gsm8k_correct(responses, [item] * 4, "strict") == [True, False, False, False]
   assert utility.gsm8k_correct(["That makes 1,200 / 2 = 600 red pins."], [GSM8K[1]]) == [True]
+
+
+def test_gsm8k_paper_rule_counts_any_matching_number():
+  ann, box = GSM8K
+  rambling = ["Ann had 3, got 4, so 7 apples. Then 2 friends ate 1 each, 5 left.",  # 7 mid-text
+              "Half of 1,200.0 is 600.00 pins, ignoring the 12 blue boxes.",         # 600.00
+              "Maybe 6 or 8? I would say 8 apples.",                                  # no 7
+              "1,200 pins, half of 1200, hmm, 6000 or 60.",                          # no 600
+              "No numbers at all."]
+  items = [ann, box, ann, box, ann]
+  assert utility.gsm8k_correct(rambling, items) == [True, True, False, False, False]
+  assert utility.gsm8k_correct(rambling, items, "paper") == [True, True, False, False, False]
+  # lm-eval's flexible filter takes the last number only: the buried answers miss.
+  assert utility.gsm8k_correct(rambling, items, "flexible") == [False, False, False, False,
+                                                                 False]
+  assert utility.gsm8k_any_number("The answer is -7.0004.", {"answer": "#### -7"}) is True
+  assert utility.gsm8k_any_number("About 7.01.", {"answer": "#### 7"}) is False
+  with pytest.raises(ValueError, match="mode='last'"):
+    utility.gsm8k_correct(["7"], [ann], "last")
   requests = utility.mmlu_judge_requests(MMLU, ["The answer is: A.", "B"])
   assert "Correct option: A. Mars" in requests[0] and "Correct option: C. 3" in requests[1]
   assert "What is 10 - 7?\nA. 1" in requests[1] and "2 + 2" not in requests[1]

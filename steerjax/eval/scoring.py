@@ -1,7 +1,8 @@
 """Turn judge ratings into per-concept and overall steering scores.
 
 A record is a dict with `concept_id`, `instruction_id`, `factor` (None for jointly trained
-SVs), `concept_score`, `instruction_score` and `fluency_score` (each 0, 1 or 2).
+SVs), `concept_score`, `instruction_score` and `fluency_score` (each in 0..2; AxBench's parser
+reads fractional ratings such as 1.5 too).
 
 One generation scores the harmonic mean of its three ratings (0 when any rating is 0).
 Factor-grid methods pick, per concept, the factor with the best mean on instruction ids
@@ -23,6 +24,12 @@ SELECTION_IDS = tuple(range(0, 5))
 EVAL_IDS = tuple(range(5, 10))
 # Means closer than this count as a tie, so float summation order cannot decide the pick.
 TIE_TOLERANCE = 1e-9
+
+
+def rating_value(rating) -> Union[int, float]:
+  """A judge rating as stored in a record: an int when whole, else a float (1.5 counts)."""
+  value = float(rating)
+  return int(value) if value == int(value) else value
 
 
 def harmonic_mean(concept, instruction, fluency):
@@ -164,24 +171,38 @@ def oracle_scores(records: Iterable[Mapping], grid: bool) -> dict:
   return score_grid(records, ids, ids)
 
 
+def concept_split_scores(records: Iterable[Mapping], grid: bool, n_splits: int = 10,
+                         seed: int = 0) -> dict:
+  """-> {concept_id: [n_splits] scores}: each concept's instructions halved at random
+  `n_splits` times, every concept (every SV) drawing its own halvings, as the paper splits
+  per SV. A grid method picks its factor on one half and is scored on the other; a jointly
+  trained SV is scored on the other half alone."""
+  by_concept = defaultdict(list)
+  for r in records:
+    by_concept[r["concept_id"]].append(r)
+  rng = np.random.default_rng(seed)
+  out = {}
+  for cid in sorted(by_concept, key=repr):
+    mine = by_concept[cid]
+    ids = np.asarray(sorted({r["instruction_id"] for r in mine}))
+    scores = []
+    for _ in range(n_splits):
+      order = rng.permutation(ids)
+      select, held = order[:len(ids) // 2].tolist(), order[len(ids) // 2:].tolist()
+      if grid:
+        scores.append(score_grid(mine, select, held)[cid])
+      else:
+        scores.append(score_joint([r for r in mine if r["instruction_id"] in held])[cid])
+    out[cid] = np.asarray(scores)
+  return out
+
+
 def split_scores(records: Iterable[Mapping], grid: bool, n_splits: int = 10,
                  seed: int = 0) -> np.ndarray:
-  """The overall score (mean over concepts) under `n_splits` random halvings of each
-  concept's instructions: a grid method picks its factor on one half and is scored on the
-  other; a jointly trained SV is scored on the other half alone."""
-  records = list(records)
-  ids = np.asarray(sorted({r["instruction_id"] for r in records}))
-  rng = np.random.default_rng(seed)
-  out = []
-  for _ in range(n_splits):
-    order = rng.permutation(ids)
-    select, held = order[:len(ids) // 2].tolist(), order[len(ids) // 2:].tolist()
-    if grid:
-      per_concept = score_grid(records, select, held)
-    else:
-      per_concept = score_joint([r for r in records if r["instruction_id"] in held])
-    out.append(np.mean(list(per_concept.values())))
-  return np.asarray(out)
+  """The overall score (mean over concepts) under each of `n_splits` random halvings,
+  drawn per concept (`concept_split_scores`)."""
+  per_concept = concept_split_scores(records, grid, n_splits, seed)
+  return np.mean(np.stack(list(per_concept.values())), axis=0)
 
 
 def summarize(name: str, rows: Sequence[Mapping], records: Sequence[Mapping], grid: bool,

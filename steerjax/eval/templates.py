@@ -194,9 +194,10 @@ def render_prompt(kind: str, item: Mapping[str, str]) -> str:
   return STEERJAX.render(kind, item)
 
 
-def parse_rating(text: Optional[str]) -> Tuple[int, bool]:
-  """-> (rating, ok) from the last `Rating:` in `text` (AxBench's rule); (0, False) if
-  there is none, or what follows it is not an integer in 0..2."""
+def parse_rating(text: Optional[str]) -> Tuple[float, bool]:
+  """-> (rating, ok) from the last `Rating:` in `text` (AxBench's rule: any number in 0..2,
+  fractions included, so 1.5 counts); (0, False) if there is none, or what follows it is
+  not a number in 0..2."""
   marks = list(_RATING.finditer(text or ""))
   if not marks:
     return 0, False
@@ -204,6 +205,6 @@ def parse_rating(text: Optional[str]) -> Tuple[int, bool]:
   if not value:
     return 0, False
   number = float(value.group(1))
-  if number != int(number) or not 0 <= number <= MAX_RATING:
+  if not 0 <= number <= MAX_RATING:
     return 0, False
-  return int(number), True
+  return (int(number) if number == int(number) else number), True

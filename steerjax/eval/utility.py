@@ -4,8 +4,10 @@ answer scoring and accuracy.
 Each item's `input_formatted` (tinyBenchmarks' column: five solved examples, then the
 question) becomes a multi-turn chat, five user/assistant turns and the question, as the
 paper's authors built it; a steering prompt (the prompting baseline) goes before the last
-question. GSM8K answers are scored by their final number with lm-eval's own extraction
-(its tinyGSM8k `flexible-extract` and `strict-match` filters); MMLU answers by a judge's
+question. GSM8K answers are scored by the paper's rule (App. M.1, the authors'
+`tinygsm8k_eval`: correct when any number in the answer equals the gold one) and, beside it,
+by lm-eval's own extraction (its tinyGSM8k `flexible-extract` and `strict-match` filters,
+the last number and `#### n`); MMLU answers by a judge's
 verdict on the generated text (the paper's way) and, beside it, by the answer letter's
 log-likelihood (lm-eval's standard, run through lm-eval). Accuracy is the plain mean.
 """
@@ -22,6 +24,11 @@ LETTERS = ("A", "B", "C", "D")
 GSM8K_FILTERS = {"flexible": ("(-?[$0-9.,]{2,})|(-?[0-9]+)", -1),
                  "strict": ("#### (\\-?[0-9\\.\\,]+)", 0)}
 GSM8K_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
+GSM8K_MODES = ("paper",) + tuple(GSM8K_FILTERS)
+# The paper's rule (prosv experiments/benchmark/benchmark_utils.py, tinygsm8k_eval and
+# extract_answer_numbers): commas dropped, every number `-?\d+\.?\d*` compared to the
+# answer, both rounded to 3 decimals, within 1e-3.
+_NUMBER = re.compile(r"-?\d+\.?\d*")
 HUB = {"tinymmlu": ("tinyBenchmarks/tinyMMLU", "all"), "tinygsm8k": ("tinyBenchmarks/tinyGSM8k",
                                                                      "main")}
 MMLU_JUDGE_REQUEST = """\
@@ -125,10 +132,25 @@ def gsm8k_answer(item: dict) -> str:
   return _normalise(item["answer"].split("####")[-1])
 
 
-def gsm8k_correct(responses: Sequence[str], items: Sequence[dict], mode: str = "flexible"
+def _numbers(text: str) -> List[float]:
+  return [float(n) for n in _NUMBER.findall(text.replace(",", ""))]
+
+
+def gsm8k_any_number(response: str, item: dict) -> bool:
+  """The paper's rule: any number in `response` equals the gold answer (3 decimals)."""
+  gold = round(float(item["answer"].split("####")[-1].strip().replace(",", "")), 3)
+  return any(abs(round(n, 3) - gold) < 1e-3 for n in _numbers(response))
+
+
+def gsm8k_correct(responses: Sequence[str], items: Sequence[dict], mode: str = "paper"
                   ) -> List[bool]:
-  """Whether each response's extracted number (lm-eval's tinyGSM8k filter `mode`) equals
-  the gold answer after lm-eval's exact-match normalisation."""
+  """Whether each response is right: `paper`, any number in it equals the gold answer (the
+  table's rule); `flexible` / `strict`, the number lm-eval's tinyGSM8k filter extracts (the
+  last one / `#### n`) equals it after lm-eval's exact-match normalisation."""
+  if mode not in GSM8K_MODES:
+    raise ValueError(f"GSM8K scoring mode={mode!r}; use one of {GSM8K_MODES}")
+  if mode == "paper":
+    return [gsm8k_any_number(r, item) for r, item in zip(responses, items)]
   from lm_eval.filters.extraction import RegexFilter
   pattern, group = GSM8K_FILTERS[mode]
   extracted = RegexFilter(regex_pattern=pattern, group_select=group).apply(

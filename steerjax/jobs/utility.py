@@ -26,8 +26,8 @@ from steerjax.runtime import rows as table_rows
 from steerjax.runtime.session import open_session
 
 TASKS = ("tinymmlu", "tinygsm8k")
-COLUMNS = ("row", "concepts", "mmlu_judge", "mmlu_letter", "gsm8k", "gsm8k_strict",
-           "long_context")
+COLUMNS = ("row", "concepts", "mmlu_judge", "mmlu_letter", "gsm8k", "gsm8k_flexible",
+           "gsm8k_strict", "long_context")
 
 
 def _concepts(config, bench):
@@ -97,7 +97,9 @@ def evaluate_one(session, row, concepts, sv, items: Dict, steering_prompt: str) 
     texts = [ctx.tok.decode(x) for x in ids]
     out[f"{task}_responses"] = texts
     if task == "tinygsm8k":
-      out["gsm8k"] = float(np.mean(utility.gsm8k_correct(texts, task_items, "flexible")))
+      out["gsm8k"] = float(np.mean(utility.gsm8k_correct(texts, task_items, "paper")))
+      out["gsm8k_flexible"] = float(np.mean(utility.gsm8k_correct(texts, task_items,
+                                                                  "flexible")))
       out["gsm8k_strict"] = float(np.mean(utility.gsm8k_correct(texts, task_items, "strict")))
       if u.long_context_score:
         ratings = session.judge.rate([{"concept": c.name, "instruction": item["question"],
@@ -161,8 +163,14 @@ def write(folder: str, config, summary: Dict[str, dict], seconds: float):
   paths.write_atomic(os.path.join(folder, "utility.json"), json.dumps(summary, indent=1))
   paths.write_atomic(
       os.path.join(folder, "utility.md"),
-      f"# utility: {config.model.path}, layer {config.steer.layer} ({seconds:.0f} s)\n\n"
-      + report.rounded_table(list(summary.values()), COLUMNS) + "\n\nAccuracy (0..1) on tinyMMLU (judge on "
-      "the generated answer; answer letter's log-likelihood) and tinyGSM8K (final number; "
-      "strict '#### n'), mean over concepts; long_context = the steering score (0..2) of "
-      "the GSM8K answers (paper Table 17).\n")
+      f"# utility: {config.model.path}, layer {config.steer.layer} ({seconds:.0f} s)
+
+"
+      + report.rounded_table(list(summary.values()), COLUMNS) + "
+
+Accuracy (0..1) on "
+      "tinyMMLU (judge on the generated answer; answer letter's log-likelihood) and tinyGSM8K "
+      "(any number equal to the answer, the paper's rule; flexible = lm-eval's last number; "
+      "strict '#### n'), mean over concepts; long_context = the steering score (0..2) of the "
+      "GSM8K answers (paper Table 17).
+")

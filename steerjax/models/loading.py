@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from steerjax import paths
+from steerjax.models import bnb
 from steerjax.models.config import ModelConfig
 from steerjax.models.decoder import Decoder, block_name
 
@@ -38,6 +39,7 @@ _GENERIC = {
     "initializer_range", "use_cache", "attention_dropout", "cache_implementation",
     "rope_theta", "rope_scaling",  # folded into rope_parameters by transformers 5
     "bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings",
+    "quantization_config",  # bitsandbytes NF4 only, checked by steerjax.models.bnb
 }
 _USED = {
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -383,8 +385,13 @@ def load_hf_dir(directory: str, dtype=jnp.float32):
   if not os.path.exists(os.path.join(directory, "config.json")):
     raise LoadError(f"{directory} has no config.json; expected a Hugging Face model directory")
   hf = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+  quantized = getattr(hf, "quantization_config", None)
+  if quantized:
+    bnb.check_config(quantized)
   cfg = config_from_hf(hf)
   tensors = read_safetensors(directory)
+  if quantized:
+    tensors = bnb.dequantize_tensors(tensors)
   if hf.model_type in _MULTIMODAL:
     tensors = language_model_tensors(tensors)
   params = params_from_hf(cfg, tensors, dtype)

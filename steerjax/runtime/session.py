@@ -246,7 +246,8 @@ class Session:
       ratings = self.judge.rate([{"concept": g["concept"], "instruction": g["instruction"],
                                   "continuation": g["continuation"]} for g in gens])
       for g, r in zip(gens, ratings):
-        g.update({k: int(r[k]) for k in scoring.RATINGS}, judge_ok=bool(r["ok"]))
+        g.update({k: scoring.rating_value(r[k]) for k in scoring.RATINGS},
+                 judge_ok=bool(r["ok"]))
       if self.judge.stats.failures > failures:
         log(f"{method.name}: judge requests failed for concepts "
             f"{[c.concept_id for c in chunk]}; their zeros count now, rerun to ask again")
