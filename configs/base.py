@@ -34,6 +34,8 @@ def get_config(arg=None):
       layer=2,                      # 0-based block whose output is edited
       positions="f2+l2",            # all (FSSV) | all-bos | prompt | fN | lN | fN+lM (PrOSV)
       op="add",                     # a key of steerjax.steering.OPS
+      train_positions="",           # positions steered in training ('' = positions), e.g.
+                                    #   all-f4: AxBench's RePS skips the chat prefix
   ))
   c.sv = ml_collections.ConfigDict(dict(
       beta=4.0,                     # factor init: alpha0 = beta * sqrt(width)
@@ -42,6 +44,8 @@ def get_config(arg=None):
       factor_mode="joint",          # a key of steerjax.train_config.FACTOR_MODES
       fixed_factor=1.0,             # alpha in factor_mode=fixed
       factor_set=tuple(range(2, 21, 2)),  # alphas drawn from in factor_mode=sampled
+      bias=False,                   # a learned bias b: h + (alpha + b) v (AxBench's RePS)
+      dropout=0.0,                  # dropout on the added v in training (AxBench's RePS)
       param_dtype="float32",        # bfloat16: emulate the authors' bf16 SV storage (rounds
                                     #   every update, so small factor steps vanish)
   ))
@@ -119,9 +123,26 @@ def get_config(arg=None):
       api_key_env="OPENAI_API_KEY",
       temperature=0.01,
       max_tokens=500,
-      concurrency=16,
+      mode="online",                # online (paced by the server's rate-limit headers) | batch
+      concurrency=512,              # online: most requests in flight
+      max_pending=50000,            # unanswered requests before more wait
+      headroom=0.95,                # fraction of the account's RPM / TPM to run at
       max_retries=5,
+      rate_limit_wait_s=900.0,      # waiting on 429s per request before it counts as failed
       timeout_s=60.0,
+      batch_max_lines=50000,        # batch input files: lines and bytes (the Batch API's limits)
+      batch_max_bytes=200 * 2**20,
+      batch_poll_s=30.0,
+      batch_max_rounds=3,           # batches a failing line gets before batch_fallback
+      batch_fallback="online",      # online | none
+      batch_wait_s=-1.0,            # -1: wait for the batches; 0: submit, stop, rerun later
+      price_input_per_m=0.15,       # USD per million tokens (gpt-4o-mini); batch: half, unless
+      price_output_per_m=0.60,      #   price_batch_* say otherwise
+      price_batch_input_per_m=0.075,
+      price_batch_output_per_m=0.30,
+      plan_rpm=10000,               # the account limits --plan assumes for the judge's time
+      plan_tpm=10_000_000,
+      plan_latency_s=2.0,
       cache_dir="",                 # '' = <cache_dir>/judge
       local_path="",                # kind=local: an instruct model steerjax loads ('' = target)
       local_dtype="bfloat16",

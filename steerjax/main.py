@@ -30,8 +30,12 @@ def plan(config, log=print):
   from steerjax import jobs
   from steerjax.eval.scoring import results_table
   from steerjax.runtime.plans import PLAN_COLUMNS, total_row
+  from steerjax.eval.judges import plan_lines
   rows = jobs.get(config.job).plan(config)
-  log(results_table(rows + [total_row(rows)], PLAN_COLUMNS))
+  total = total_row(rows)
+  log(results_table(rows + [total], PLAN_COLUMNS))
+  for line in plan_lines(config, total["judge_calls"]):
+    log(line)
   return rows
 
 

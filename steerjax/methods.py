@@ -30,8 +30,6 @@ OVERRIDES = {
     "train_positions": ("steer", "train_positions"), "bias": ("sv", "bias"),
     "dropout": ("sv", "dropout"),
 }
-# Values of method keys a config's groups may lack (AxBench's RePS extras).
-DEFAULTS = {"train_positions": "", "bias": False, "dropout": 0.0}
 OTHER_KEYS = {
     "kind": "trained | prompting | unsteered (default: trained with positions, else the name)",
     "grid": "factors searched at inference (picked on ids 0..4, scored on 5..9)",
@@ -59,8 +57,6 @@ def value(config, over, key):
   group, field = OVERRIDES[key]
   if key in over:
     return over[key]
-  if key in DEFAULTS:
-    return config[group].get(field, DEFAULTS[key])
   return config[group][field]
 
 

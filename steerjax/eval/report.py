@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from steerjax import paths
-from steerjax.eval import scoring
+from steerjax.eval import judge_cost, scoring
 from steerjax.eval.scoring import RATINGS
 
 PER_CONCEPT_COLUMNS = ("method", "concept_id", "concept", "factor", "n") + RATINGS + ("overall",)
@@ -80,19 +80,21 @@ def _plots(folder: str, summary: List[dict], rows: List[dict], records: Dict[str
 
 def write(folder: str, title: str, summary: List[dict], rows: List[dict],
           records: Dict[str, List[dict]], grids: Optional[Dict[str, tuple]] = None,
-          extra: Optional[dict] = None, columns=SUMMARY_COLUMNS, extra_notes: str = "") -> str:
+          extra: Optional[dict] = None, columns=SUMMARY_COLUMNS, extra_notes: str = "",
+          prices: Optional[judge_cost.Prices] = None) -> str:
   """Write the report of one run into `folder`; returns the markdown of results.md.
 
   `summary`: one `scoring.summarize` dict per method (`columns` of them shown); `rows`: the
   per-concept rows of `scoring.score_method`; `records`: each method's judged generations;
   `grids`: the factor grid of each grid method; `extra`: run facts (judge stats, timings)
-  kept in summary.json; `extra_notes`: a sentence more under the table."""
+  kept in summary.json; `extra_notes`: a sentence more under the table; `prices`: the
+  judge's, for the cost line."""
   os.makedirs(folder, exist_ok=True)
   extra = dict(extra or {})
   markdown = (f"# {title}\n\n{summary_table(summary, columns)}\n\n{NOTES}"
               + (f" {extra_notes}" if extra_notes else "") + "\n")
   if "judge" in extra:
-    markdown += f"\njudge: {json.dumps(extra['judge'])}\n"
+    markdown += f"\n{judge_cost.usage_line(extra['judge'], prices or judge_cost.Prices())}\n"
   markdown += f"\nPer concept:\n\n{rounded_table(rows, PER_CONCEPT_COLUMNS)}\n"
   paths.write_atomic(os.path.join(folder, "results.md"), markdown)
   _csv(os.path.join(folder, "summary.csv"), summary, columns)

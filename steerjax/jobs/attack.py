@@ -26,7 +26,7 @@ import numpy as np
 from steerjax import paths
 from steerjax.data import released
 from steerjax.data.benchmark import N_EVAL, concept_name
-from steerjax.eval import report
+from steerjax.eval import judges, report
 from steerjax.runtime import plans
 from steerjax.runtime import rows as table_rows
 from steerjax.runtime.session import open_session
@@ -86,18 +86,20 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
     concepts = session.bench.concepts[:a.num_concepts or None]
     session.bench = dataclasses.replace(session.bench, concepts=concepts)
     session.inputs = attack_prompts(session, concepts, log)
-    summary, all_rows, records = [], [], {}
-    for r in rows:
-      m = dataclasses.replace(r.method, name=r.name)
-      svs = ({concept_name(c): table_rows.load_sv(a.svs_from, r, c, ctx.model.cfg)
-              for c in concepts} if r.needs_svs else None)
-      records[r.name] = session.evaluate(m, svs)
-      summary.append(report.score(r.name, records[r.name], False, all_rows))
+
+    def row_svs(r):
+      return lambda: {concept_name(c): table_rows.load_sv(a.svs_from, r, c, ctx.model.cfg)
+                      for c in concepts}
+    records = session.evaluate_methods([(dataclasses.replace(r.method, name=r.name), row_svs(r))
+                                        for r in rows])
+    all_rows = []
+    summary = [report.score(r.name, records[r.name], False, all_rows) for r in rows]
+    extra = {"judge": session.judge.stats.as_dict(), "seconds": round(time.time() - t0, 1)}
   folder = report.results_folder(config, workdir)
   title = (f"suppression attack: {config.model.path}, layer {config.steer.layer}, "
            f"{len(concepts)} concept(s)")
-  report.write(folder, title, summary, all_rows, records, extra={
-      "seconds": round(time.time() - t0, 1)})
+  report.write(folder, title, summary, all_rows, records, extra=extra,
+               prices=judges.prices(config))
   if a.utility_from:
     tradeoff(folder, summary, a.utility_from)
   return {"rows": summary, "results_dir": folder}

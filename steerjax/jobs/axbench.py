@@ -17,7 +17,7 @@ from typing import List
 
 from steerjax import methods
 from steerjax.data.benchmark import N_EVAL
-from steerjax.eval import report
+from steerjax.eval import judges, report
 from steerjax.runtime import plans
 from steerjax.runtime.session import open_session
 
@@ -46,18 +46,20 @@ def plan(config, prompt_tokens: int = 20) -> List[dict]:
 
 
 def evaluate_methods(session, all_methods, log=print):
-  """Train (where needed), generate, judge and score every method; returns (summary rows,
-  per-concept rows, {method: records}, {method: grid})."""
-  summary, rows, records, grids = [], [], {}, {}
-  for k, method in enumerate(all_methods):
-    log(f"[{k + 1}/{len(all_methods)}] {method.name}")
-    svs = (session.train(method) if method.trained and session.needs_generation(method)
-           else None)
-    records[method.name] = session.evaluate(method, svs)
+  """Train (where needed), generate, judge and score every method, the judge rating one
+  chunk while the next is made; returns (summary rows, per-concept rows, {method: records},
+  {method: grid})."""
+  def trainer(k, method):
+    def train():
+      log(f"[{k + 1}/{len(all_methods)}] training {method.name}")
+      return session.train(method)
+    return train
+  records = session.evaluate_methods([(m, trainer(k, m)) for k, m in enumerate(all_methods)])
+  summary, rows = [], []
+  for method in all_methods:
     summary.append(report.score(method.name, records[method.name], method.grid is not None,
                                 rows))
-    if method.grid is not None:
-      grids[method.name] = method.grid
+  grids = {m.name: m.grid for m in all_methods if m.grid is not None}
   return summary, rows, records, grids
 
 
@@ -78,7 +80,8 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
     title = (f"AxBench {d.suite} {d.task}: {config.model.path}, layer {config.steer.layer}, "
              f"concepts {d.first_concept}..{d.first_concept + summary[0]['concepts'] - 1}")
     folder = report.results_folder(config, workdir)
-    markdown = report.write(folder, title, summary, rows, records, grids, extra)
+    markdown = report.write(folder, title, summary, rows, records, grids, extra,
+                            prices=judges.prices(config))
   log("\n" + markdown)
   log(f"wrote {folder} in {time.time() - t0:.0f} s")
   return dict(extra, methods=summary, results_dir=folder)

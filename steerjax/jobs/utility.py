@@ -163,14 +163,9 @@ def write(folder: str, config, summary: Dict[str, dict], seconds: float):
   paths.write_atomic(os.path.join(folder, "utility.json"), json.dumps(summary, indent=1))
   paths.write_atomic(
       os.path.join(folder, "utility.md"),
-      f"# utility: {config.model.path}, layer {config.steer.layer} ({seconds:.0f} s)
-
-"
-      + report.rounded_table(list(summary.values()), COLUMNS) + "
-
-Accuracy (0..1) on "
+      f"# utility: {config.model.path}, layer {config.steer.layer} ({seconds:.0f} s)\n\n"
+      + report.rounded_table(list(summary.values()), COLUMNS) + "\n\nAccuracy (0..1) on "
       "tinyMMLU (judge on the generated answer; answer letter's log-likelihood) and tinyGSM8K "
       "(any number equal to the answer, the paper's rule; flexible = lm-eval's last number; "
       "strict '#### n'), mean over concepts; long_context = the steering score (0..2) of the "
-      "GSM8K answers (paper Table 17).
-")
+      "GSM8K answers (paper Table 17).\n")

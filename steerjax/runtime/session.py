@@ -25,6 +25,7 @@ from steerjax import checkpoint, methods, paths
 from steerjax.data import axbench, released, sources
 from steerjax.data.benchmark import Benchmark, concept_name
 from steerjax.eval import judges, scoring
+from steerjax.eval.judge import rate_behind
 from steerjax.generate import generate_many, sampling_options
 from steerjax.models import stop_ids
 from steerjax.models.loading import resolve
@@ -222,42 +223,59 @@ class Session:
 
   def evaluate(self, method, svs) -> List[dict]:
     """Judged records of every concept; concepts already judged on disk are read back."""
-    cfg, log = self.config, self.ctx.log
-    records = []
-    todo = [c for c in self.bench.concepts
-            if not os.path.exists(self.path(method, "judged", c))]
-    for c in self.bench.concepts:
-      if c not in todo:
-        records += read_jsonl(self.path(method, "judged", c))
-    if len(todo) < len(self.bench.concepts):
-      log(f"{method.name}: {len(self.bench.concepts) - len(todo)} concept(s) already judged")
-    per_chunk = max(1, cfg.eval.concepts_per_chunk)
-    base = jax.random.fold_in(jax.random.key(cfg.seed), zlib.crc32(method.name.encode()))
-    for start in range(0, len(todo), per_chunk):
-      chunk = todo[start:start + per_chunk]
-      missing = [c for c in chunk if not os.path.exists(self.path(method, "generations", c))]
-      if missing:
-        made = self.generations(method, missing, svs,
-                                jax.random.fold_in(base, missing[0].concept_id))
-        for c in missing:
-          write_jsonl(self.path(method, "generations", c), made[c.concept_id])
-      gens = [r for c in chunk for r in read_jsonl(self.path(method, "generations", c))]
-      failures = self.judge.stats.failures
-      ratings = self.judge.rate([{"concept": g["concept"], "instruction": g["instruction"],
-                                  "continuation": g["continuation"]} for g in gens])
+    return self.evaluate_methods([(method, lambda: svs)])[method.name]
+
+  def evaluate_methods(self, work) -> Dict[str, List[dict]]:
+    """{method name: judged records of every concept} for `work` = [(method, get_svs)];
+    `get_svs()` trains or loads a method's SVs and is called only when it has something to
+    generate. The judge rates one chunk of concepts while the next chunk is generated (or
+    the next method trained); a batch-mode judge gets every chunk in one submission.
+    Concepts already judged on disk are read back; a rating the judge could not get stops
+    the run (`MissingRatings`) with every concept judged so far on disk."""
+    records = {method.name: [] for method, _ in work}
+    depth = None if getattr(self.judge, "mode", "online") == "batch" else 1
+    for (method, chunk, gens, done), ratings in rate_behind(self.judge, self._chunks(work, records),
+                                                            depth):
       for g, r in zip(gens, ratings):
         g.update({k: scoring.rating_value(r[k]) for k in scoring.RATINGS},
                  judge_ok=bool(r["ok"]))
-      if self.judge.stats.failures > failures:
-        log(f"{method.name}: judge requests failed for concepts "
-            f"{[c.concept_id for c in chunk]}; their zeros count now, rerun to ask again")
-      else:
-        for c in chunk:
-          write_jsonl(self.path(method, "judged", c),
-                      [g for g in gens if g["concept_id"] == c.concept_id])
-      records += gens
-      log(f"{method.name}: judged {start + len(chunk)}/{len(todo)} concept(s)")
+      for c in chunk:
+        write_jsonl(self.path(method, "judged", c),
+                    [g for g in gens if g["concept_id"] == c.concept_id])
+      records[method.name] += gens
+      self.ctx.log(f"{method.name}: judged {done} concept(s)")
     return records
+
+  def _chunks(self, work, records):
+    """((method, chunk, records, progress), judge items) per chunk of concepts to judge,
+    generated now where the files lack them; judged concepts go straight to `records`."""
+    cfg = self.config
+    per_chunk = max(1, cfg.eval.concepts_per_chunk)
+    for method, get_svs in work:
+      todo = [c for c in self.bench.concepts
+              if not os.path.exists(self.path(method, "judged", c))]
+      for c in self.bench.concepts:
+        if c not in todo:
+          records[method.name] += read_jsonl(self.path(method, "judged", c))
+      if len(todo) < len(self.bench.concepts):
+        self.ctx.log(f"{method.name}: {len(self.bench.concepts) - len(todo)} concept(s) "
+                     "already judged")
+      svs = None
+      base = jax.random.fold_in(jax.random.key(cfg.seed), zlib.crc32(method.name.encode()))
+      for start in range(0, len(todo), per_chunk):
+        chunk = todo[start:start + per_chunk]
+        missing = [c for c in chunk if not os.path.exists(self.path(method, "generations", c))]
+        if missing:
+          if svs is None and method.trained:
+            svs = get_svs()
+          made = self.generations(method, missing, svs,
+                                  jax.random.fold_in(base, missing[0].concept_id))
+          for c in missing:
+            write_jsonl(self.path(method, "generations", c), made[c.concept_id])
+        gens = [r for c in chunk for r in read_jsonl(self.path(method, "generations", c))]
+        items = [{"concept": g["concept"], "instruction": g["instruction"],
+                  "continuation": g["continuation"]} for g in gens]
+        yield (method, chunk, gens, f"{start + len(chunk)}/{len(todo)}"), items
 
 
 @contextlib.contextmanager
