@@ -68,6 +68,8 @@ def make_config(model_path: str, task: str, layer: int, methods: dict, num_conce
   c.model.vocab_chunk = 32768       # Gemma-2's 256k-row head: no [B, 128, V] fp32 logits kept
   c.steer.layer = layer
   c.sv.init = "uniform"             # Table 11 was tuned with the authors' uniform init
+  c.sv.param_dtype = "bfloat16"     # the authors' SV storage (docs/axbench.md); float32: the
+                                    #   method as written, factors that move at small rates
   c.train.concepts_per_step = 16
   c.train.log_every = 36
   c.data.update(dict(
@@ -80,6 +82,8 @@ def make_config(model_path: str, task: str, layer: int, methods: dict, num_conce
       neutral="judge",              # SimPO's y: released (the authors' file; 9b_l20 only) |
                                     #   judge (written by the judge LLM) | model (greedy)
       neutral_max_tokens=128,
+      model_neutral_tokens=192,     # RePS's losing answer: greedy, int(128 * 1.5) new tokens
+                                    #   (axbench/utils/dataset.py at c01a22a, l. 492-498)
   ))
   c.eval.update(dict(
       sampling="hf",                # the model's generation_config.json as transformers
@@ -87,6 +91,7 @@ def make_config(model_path: str, task: str, layer: int, methods: dict, num_conce
       steering_prompts="released",  # the authors' file
   ))
   c.judge.templates = "prosv"       # the authors' templates, pinned
+  c.utility.num_concepts = 10       # Table 16's means: the authors' --max_concepts 10
   c.methods = tuple(methods_run)
   c.method_overrides = ml_collections.ConfigDict(
       {k: ml_collections.ConfigDict(v) for k, v in methods.items()})

@@ -84,7 +84,8 @@ def get_config(arg=None):
       max_response_tokens=128,      # axbench, file: y_c (and y) cut to this many tokens
       neutral="model",              # SimPO/RePS y when the data has none: one of
                                     #   steerjax.methods.NEUTRAL_SOURCES
-      neutral_max_tokens=128,       # judge/model-written y of the axbench job: at most this long
+      neutral_max_tokens=128,       # judge-written y of the axbench job: at most this long
+      model_neutral_tokens=128,     # the target model's greedy y of the axbench job
       released_repo="",             # a local clone of colored-dye/prosv ('' = download, cached)
       # tinystories
       concepts=("dog", "rain", "sea", "flower", "ball", "bird", "cat", "tree", "sun", "music"),
@@ -156,7 +157,8 @@ def get_config(arg=None):
   c.utility = ml_collections.ConfigDict(dict(
       svs_from="",                  # the axbench run's workdir
       rows=rows,
-      num_concepts=50,
+      num_concepts=10,              # the paper's Table 16 averages 10 (the first 10 are also
+                                    #   reported beside any larger set)
       tinymmlu="",                  # '' = hub tinyBenchmarks/tinyMMLU, or a local .jsonl/.parquet
       tinygsm8k="",                 # '' = hub tinyBenchmarks/tinyGSM8k, or a local file
       mmlu_tokens=128,

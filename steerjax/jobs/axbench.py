@@ -40,7 +40,7 @@ def plan(config, prompt_tokens: int = 20) -> List[dict]:
     count = n * d.n_train
     rows.append({"method": f"neutral y ({source})",
                  "generations": count if source == "model" else 0,
-                 "new_tokens": count * d.neutral_max_tokens if source == "model" else 0,
+                 "new_tokens": count * d.model_neutral_tokens if source == "model" else 0,
                  "judge_calls": count if source == "judge" else 0})
   return rows
 

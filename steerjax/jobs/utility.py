@@ -26,6 +26,7 @@ from steerjax.runtime import rows as table_rows
 from steerjax.runtime.session import open_session
 
 TASKS = ("tinymmlu", "tinygsm8k")
+PAPER_CONCEPTS = 10   # Table 16 averages the first 10 concepts (the authors' --max_concepts)
 COLUMNS = ("row", "concepts", "mmlu_judge", "mmlu_letter", "gsm8k", "gsm8k_flexible",
            "gsm8k_strict", "long_context")
 
@@ -92,8 +93,11 @@ def evaluate_one(session, row, concepts, sv, items: Dict, steering_prompt: str) 
     prompts = [ctx.tok.chat_ids(utility.chat(task, item, steering_prompt, shots))
                for item in task_items]
     budget = u.mmlu_tokens if task == "tinymmlu" else u.gsm8k_tokens
+    # greedy as transformers decodes it: the generation config's repetition penalty applies
+    # (1.05 on Qwen2.5), its sampling warpers do not
+    penalty = session.sampling.get("repetition_penalty", 1.0)
     ids = session.generate(prompts, max_new_tokens=budget, temperature=0.0, sv=sv, spec=spec,
-                       concept_ids=None)
+                           repetition_penalty=penalty, concept_ids=None)
     texts = [ctx.tok.decode(x) for x in ids]
     out[f"{task}_responses"] = texts
     if task == "tinygsm8k":
@@ -150,12 +154,16 @@ def run(config, workdir: str, log=print, bundle=None, judge=None) -> dict:
 
 
 def _summarise(name: str, per_concept: List[dict]) -> dict:
+  """Means and stds over the concepts; over more than the paper's 10, also the means over
+  the first 10 (`first10`)."""
   out = {"row": name, "concepts": len(per_concept)}
   for key in COLUMNS[2:]:
     values = [r[key] for r in per_concept if key in r]
     if values:
       out[key] = float(np.mean(values))
       out[key + "_std"] = float(np.std(values))
+  if len(per_concept) > PAPER_CONCEPTS:
+    out["first10"] = _summarise(name, per_concept[:PAPER_CONCEPTS])
   return out
 
 
@@ -164,8 +172,17 @@ def write(folder: str, config, summary: Dict[str, dict], seconds: float):
   paths.write_atomic(
       os.path.join(folder, "utility.md"),
       f"# utility: {config.model.path}, layer {config.steer.layer} ({seconds:.0f} s)\n\n"
-      + report.rounded_table(list(summary.values()), COLUMNS) + "\n\nAccuracy (0..1) on "
+      + report.rounded_table(list(summary.values()), COLUMNS) + _first10(summary)
+      + "\n\nAccuracy (0..1) on "
       "tinyMMLU (judge on the generated answer; answer letter's log-likelihood) and tinyGSM8K "
       "(any number equal to the answer, the paper's rule; flexible = lm-eval's last number; "
       "strict '#### n'), mean over concepts; long_context = the steering score (0..2) of the "
       "GSM8K answers (paper Table 17).\n")
+
+
+def _first10(summary: Dict[str, dict]) -> str:
+  firsts = [s["first10"] for s in summary.values() if "first10" in s]
+  if not firsts:
+    return ""
+  return ("\n\nThe first 10 concepts (the paper's Table 16 set):\n\n"
+          + report.rounded_table(firsts, COLUMNS))

@@ -95,10 +95,10 @@ class Session:
     """`items -> neutral y ids` made by the target model or written by the judge, stored."""
     d = self.config.data
     name = self.model_key if source == "model" else self.judge.name
-    make_ids = lambda prompts: self.generate(prompts, max_new_tokens=d.neutral_max_tokens)
+    tokens = d.model_neutral_tokens if source == "model" else d.neutral_max_tokens
+    make_ids = lambda prompts: self.generate(prompts, max_new_tokens=tokens)
     return lambda items: axbench.neutral_responses(
-        self.store, source, name, items, self.ctx.tok, d.neutral_max_tokens, make_ids,
-        self.judge.ask)
+        self.store, source, name, items, self.ctx.tok, tokens, make_ids, self.judge.ask)
 
   def training_data(self, method):
     """ConceptData of every concept, with neutral responses when the objective needs them.
