@@ -77,8 +77,9 @@ class Tokenizer:
 
 
 def load_tokenizer(path_or_id: str, data_root: Optional[str] = None) -> Tokenizer:
-  """From a tokenizer file (`.model`, `tokenizer.json`), a model directory, a llama2.c
-  `.bin` (its sentencepiece model sits beside it), an alias or a hub id."""
+  """From a tokenizer file (`.model`, `tokenizer.json`), a model directory, a GGUF file
+  (vocabulary, special tokens and chat template from its metadata), a llama2.c `.bin`
+  (its sentencepiece model sits beside it), an alias or a hub id."""
   path = resolve(path_or_id, data_root)
   if path.endswith(".bin"):
     directory = os.path.dirname(path)
@@ -95,5 +96,17 @@ def load_tokenizer(path_or_id: str, data_root: Optional[str] = None) -> Tokenize
     return Tokenizer(PreTrainedTokenizerFast(tokenizer_file=path), "hf")
   if os.path.isdir(path):
     return Tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=False), "hf")
+  if path.endswith(".gguf"):
+    return Tokenizer(_gguf_tokenizer(path), "hf")
   raise LoadError(f"{path}: expected a sentencepiece .model, a tokenizer.json, "
-                  "a model directory or a llama2.c .bin")
+                  "a model directory, a .gguf file or a llama2.c .bin")
+
+
+def _gguf_tokenizer(path: str):
+  """transformers' tokenizer built from a GGUF file's `tokenizer.*` metadata."""
+  from transformers import AutoTokenizer
+  try:
+    return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
+                                         gguf_file=os.path.basename(path))
+  except (ValueError, KeyError) as err:
+    raise LoadError(f"{path}: cannot build a tokenizer from its GGUF metadata ({err})") from None
