@@ -104,17 +104,34 @@ def test_real_logits_match_transformers(smol):
     assert diff < 5e-4, f"prompt {row}: max |logit diff| {diff}"
 
 
-def test_real_greedy_matches_transformers_generate(smol, alpaca_chats):
-  """64 greedy tokens for three AlpacaEval instructions, token-identical to `generate`."""
+@pytest.fixture(scope="session")
+def alpaca_greedy(smol, alpaca_chats):
+  """(prompt ids, our 64 greedy tokens) for the three AlpacaEval instructions, fp32."""
   prompts = [smol.tok.chat_ids(m) for m in alpaca_chats]
-  ours = generate(smol.model, smol.params, prompts, max_new_tokens=NEW_TOKENS)
-  for ids, mine in zip(prompts, ours):
+  return prompts, generate(smol.model, smol.params, prompts, max_new_tokens=NEW_TOKENS)
+
+
+def test_real_greedy_matches_transformers_generate(smol, alpaca_greedy):
+  """64 greedy tokens for three AlpacaEval instructions, token-identical to `generate`."""
+  for ids, mine in zip(*alpaca_greedy):
     with torch.no_grad(), torch_one_thread():
       out = smol.hf_model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS,
                                    do_sample=False, attention_mask=torch.ones(1, len(ids)))
     theirs = out[0, len(ids):].tolist()
     assert len(theirs) == NEW_TOKENS and list(mine) == theirs, (
         f"ours: {smol.tok.decode(mine)!r}\ntransformers: {smol.tok.decode(theirs)!r}")
+
+
+def test_real_tokenizer_splits_digits_as_llama_cpp(smol, alpaca_greedy):
+  """The file's `smollm` pre-tokenizer isolates digits before the GPT-2 split: the model's
+  own answers ("...:\n\n1. ...") encode back to the ids it wrote, where transformers'
+  GGUF tokenizer splits the blank line in two."""
+  answers = [smol.tok.decode(out) for out in alpaca_greedy[1]]
+  assert any("\n\n1" in a for a in answers)
+  for out, text in zip(alpaca_greedy[1], answers):
+    assert smol.tok.encode(text) == list(out)
+  spelled = smol.hf_tok.convert_ids_to_tokens(smol.tok.encode("list:\n\n12"))
+  assert spelled == ["list", ":", "\u010a\u010a", "1", "2"]
 
 
 def test_real_tokenizer_and_chat_template(smol, alpaca_chats):

@@ -102,11 +102,27 @@ def load_tokenizer(path_or_id: str, data_root: Optional[str] = None) -> Tokenize
                   "a model directory, a .gguf file or a llama2.c .bin")
 
 
+# llama.cpp pre-tokenizers that isolate every digit before the GPT-2 split. transformers
+# applies the GPT-2 split alone for them, so "\n\n2" became "\n", "\n", "2" where SmolLM2
+# itself writes "\n\n", "2".
+_DIGITS_FIRST = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
+
+
 def _gguf_tokenizer(path: str):
   """transformers' tokenizer built from a GGUF file's `tokenizer.*` metadata."""
+  from tokenizers import pre_tokenizers
   from transformers import AutoTokenizer
+
+  from steerjax.models.gguf import open_gguf
   try:
-    return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
-                                         gguf_file=os.path.basename(path))
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
+                                        gguf_file=os.path.basename(path))
   except (ValueError, KeyError) as err:
     raise LoadError(f"{path}: cannot build a tokenizer from its GGUF metadata ({err})") from None
+  pre = open_gguf(path).fields.get("tokenizer.ggml.pre")
+  byte_level = tok.backend_tokenizer.pre_tokenizer
+  if (pre is not None and pre.contents() in _DIGITS_FIRST
+      and isinstance(byte_level, pre_tokenizers.ByteLevel)):
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), byte_level])
+  return tok
