@@ -8,15 +8,9 @@ Not a paper column: joint methods take Gemma-2-2B's Table 11 values, transferred
 Baselines use the Gemma factor sets.
 """
 
-from configs import axbench_common as common
-from configs import axbench_gemma2_2b
+from configs.axbench_transfer import transferred
 
 
 def get_config(arg=None):
-  gemma2 = axbench_gemma2_2b.get_config()
-  joint = {k: gemma2.method_overrides[k].to_dict()
-           for k in ("fssv_lang", "fssv_simpo", "prosv_lang", "prosv_simpo")}
-  methods = dict(common.baselines(common.GEMMA_FACTOR_SET, common.GEMMA_GRID), **joint)
-  config = common.make_config("google/gemma-3-1b-it", "2b_l10", 10, methods, num_concepts=500)
-  config.optim.ref_width = 2304
-  return config
+  return transferred("google/gemma-3-1b-it", "2b_l10", 10, num_concepts=500,
+                     train_positions="all-f4")   # <bos><start_of_turn>user\n, as Gemma-2

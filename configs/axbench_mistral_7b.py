@@ -9,17 +9,10 @@ baselines use the Gemma factor sets. Both are untuned here (`job=search` tunes t
 methods).
 """
 
-from configs import axbench_common as common
-from configs import axbench_gemma2_2b
+from configs.axbench_transfer import transferred
 
 
 def get_config(arg=None):
-  gemma2 = axbench_gemma2_2b.get_config()
-  joint = {k: gemma2.method_overrides[k].to_dict()
-           for k in ("fssv_lang", "fssv_simpo", "prosv_lang", "prosv_simpo")}
-  methods = dict(common.baselines(common.GEMMA_FACTOR_SET, common.GEMMA_GRID), **joint)
-  config = common.make_config("mistralai/Mistral-7B-Instruct-v0.3", "9b_l20", 13, methods,
-                              num_concepts=100)
-  config.optim.ref_width = 2304
+  config = transferred("mistralai/Mistral-7B-Instruct-v0.3", "9b_l20", 13, num_concepts=100)
   config.data.neutral = "released"     # the authors' 9b_l20 contrast data
   return config

@@ -13,16 +13,12 @@ the empty thinking block, so the steered text is the answer itself. Set
 """
 
 from configs import axbench_common as common
-from configs import axbench_gemma2_2b
+from configs.axbench_transfer import transferred
 
 
 def get_config(arg=None):
-  gemma2 = axbench_gemma2_2b.get_config()
-  joint = {k: gemma2.method_overrides[k].to_dict()
-           for k in ("fssv_lang", "fssv_simpo", "prosv_lang", "prosv_simpo")}
-  methods = dict(common.baselines(common.QWEN_FACTOR_SET, common.QWEN_GRID), **joint)
-  config = common.make_config("Qwen/Qwen3-8B", "9b_l20", 14, methods, num_concepts=100)
+  config = transferred("Qwen/Qwen3-8B", "9b_l20", 14, num_concepts=100,
+                       factor_set=common.QWEN_FACTOR_SET, grid=common.QWEN_GRID)
   config.model.thinking = False
-  config.optim.ref_width = 2304
   config.data.neutral = "released"     # the authors' 9b_l20 contrast data
   return config
