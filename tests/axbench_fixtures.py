@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
@@ -87,6 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
     with server.lock:
       server.requests += 1
       server.prompts.append(prompt)
+    if server.latency_s:
+      time.sleep(server.latency_s)
     if is_rating_prompt(prompt):
       content = f"The text is judged on its own.\nRating: [[{rating_for(prompt)}]]"
     else:
@@ -104,15 +107,20 @@ class _Handler(BaseHTTPRequestHandler):
     self.wfile.write(data)
 
 
-class JudgeServer:
-  """Loopback `/v1/chat/completions` on an ephemeral port; shuts itself down after
-  `lifetime_s` even if a test forgets to."""
+class _Server(ThreadingHTTPServer):
+  request_queue_size = 256   # a judge opens many connections at once
 
-  def __init__(self, lifetime_s: float = 300.0):
+
+class JudgeServer:
+  """Loopback `/v1/chat/completions` on an ephemeral port that answers after `latency_s`;
+  shuts itself down after `lifetime_s` even if a test forgets to."""
+
+  def __init__(self, lifetime_s: float = 300.0, latency_s: float = 0.0):
+    self.latency_s = latency_s
     self.lock = threading.Lock()
     self.requests = 0
     self.prompts = []
-    self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    self._httpd = _Server(("127.0.0.1", 0), _Handler)
     self._httpd.owner = self
     self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
     self._thread = threading.Thread(target=self._httpd.serve_forever,

@@ -335,3 +335,44 @@ def test_search_job_writes_a_config_the_axbench_job_runs(model_dir, tmp_path, mo
     assert isinstance(final.data.concepts, tuple)
     result = axbench_job.run(final, str(tmp_path / "final"), log=lambda *a: None, bundle=bundle)
     assert [m["method"] for m in result["methods"]] == ["prosv_lang"]
+
+
+def test_the_judge_rates_one_chunk_while_the_next_is_made(model_dir, tmp_path, monkeypatch):
+  """With a slow judge the job takes less than generating alone plus judging alone, and
+  its results are those of a run with an instant judge."""
+  import time
+  from steerjax.eval import judges
+  monkeypatch.setenv(KEY_ENV, "sk-axbench-test")
+  quiet = lambda *a: None
+
+  def config(server, name):
+    c = tiny_config(model_dir, str(tmp_path / name / "cache"), server.url)
+    c.methods = ("fssv_lang_sampled", "unsteered")
+    c.eval.concepts_per_chunk, c.eval.max_new_tokens = 1, 24   # 4 chunks to rate
+    c.judge.concurrency = 256
+    return c
+
+  def timed_run(server, name, bundle):
+    t0 = time.perf_counter()
+    result = axbench_job.run(config(server, name), str(tmp_path / name / "work"), log=quiet,
+                             bundle=bundle)
+    return time.perf_counter() - t0, result
+
+  with JudgeServer() as instant, JudgeServer(latency_s=1.0) as slow:
+    bundle = context.load_model(config(instant, "warm"))
+    timed_run(instant, "warm", bundle)                 # compiles every program
+    generating, sequential = timed_run(instant, "instant", bundle)
+    gens = [r for m in ("fssv_lang_sampled", "unsteered") for cid in (0, 1)
+            for r in read_jsonl(str(tmp_path / "instant" / "work" / "methods" / m /
+                                    "generations" / f"{cid:04d}.jsonl"))]
+    judge = judges.from_config(config(slow, "alone"), bundle)
+    t0 = time.perf_counter()
+    for m in ("fssv_lang_sampled", "unsteered"):       # one rate call per chunk, as the job
+      for cid in (0, 1):
+        judge.rate([{k: g[k] for k in ("concept", "instruction", "continuation")}
+                    for g in gens if g["method"] == m and g["concept_id"] == cid])
+    judging = time.perf_counter() - t0
+    judge.close()
+    overlapped, result = timed_run(slow, "slow", bundle)
+  assert result["methods"] == sequential["methods"]
+  assert overlapped < generating + judging, (overlapped, generating, judging)
