@@ -375,6 +375,20 @@ def test_not_a_gguf_file_is_refused(tmp_path):
     load(str(path))
 
 
+def test_truncated_gguf_is_refused(tmp_path):
+  """A file cut short (an interrupted download): its header still reads, its last tensor
+  does not fit, and the error says so before anything is dequantized."""
+  config = tiny_config("llama")
+  torch.manual_seed(0)
+  source = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+  state = {k: v for k, v in source.state_dict().items() if not k.endswith("inv_freq")}
+  path = tmp_path / "cut.gguf"
+  write_gguf(path, "llama", config, state, "F32")
+  path.write_bytes(path.read_bytes()[:-100])
+  with pytest.raises(LoadError, match=r"cut\.gguf: tensor .* runs past the end of the file"):
+    load(str(path))
+
+
 @pytest.mark.parametrize("qtype, edit, named", [
     ("MXFP4", None, "MXFP4"),
     ("F32", _phi3, "'phi3'"),

@@ -140,6 +140,9 @@ class GGUFFile:
     for name, dims, kind, offset in directory:
       self.tensors[name] = (tuple(reversed(dims)), _type_name(kind), start + offset,
                             _nbytes(dims, kind))
+      if start + offset + self.tensors[name][3] > len(self._buf):
+        raise LoadError(f"{path}: tensor {name} runs past the end of the file; the file is "
+                        "truncated (download it again)")
 
   def _unpack(self, fmt: str):
     value = struct.unpack_from("<" + fmt, self._buf, self._pos)[0]
@@ -160,6 +163,8 @@ class GGUFFile:
       if item in (_STRING, _ARRAY):
         values = [self._value(item, keep) for _ in range(n)]
         return values if keep else None
+      if item not in _SCALARS:
+        raise ValueError(f"unknown GGUF array item type {item}")
       fmt = _SCALARS[item]
       values = np.frombuffer(self._buf, np.dtype("<" + fmt), n, self._pos) if keep else None
       self._pos += n * struct.calcsize(fmt)
