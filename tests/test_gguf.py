@@ -423,7 +423,7 @@ def _set(key, value, kind):
 ], ids=["qwen3_window", "gemma3_rope_scaling"])
 def test_tiny_gguf_new_family_refusals(family, edit, named, tmp_path):
   """What llama.cpp does not run for these families is refused by name: a window on Qwen3,
-  a RoPE scaling other than linear on Gemma-3."""
+  a RoPE scaling other than linear (or none) on Gemma-3."""
   config = tiny_config(family)
   torch.manual_seed(0)
   source = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -55,7 +55,7 @@ _ARCH_KEYS = {
 _NEUTRAL = {"rope.scaling.type": ("none",), "rope.scaling.factor": (1.0,),
             "expert_count": (0,), "expert_used_count": (0,)}
 # RoPE scaling read per architecture: Gemma-3 4B and up scale their global layers linearly.
-_ROPE_SCALING = {"gemma3": ("linear",)}
+_ROPE_SCALING = {"gemma3": ("none", "linear")}
 # llama.cpp's Gemma-3: every sixth layer is global, the others slide at RoPE base 10k.
 _GEMMA3_PATTERN, _GEMMA3_LOCAL_BASE = 6, 10000.0
 # Keys checked against the head dimension rather than copied.
@@ -277,7 +277,7 @@ def _gemma3_layers(fields: dict, scaling: dict, path: str) -> dict:
   if kind not in _ROPE_SCALING["gemma3"]:
     raise LoadError(f"{path}: unsupported GGUF metadata gemma3.rope.scaling.type={kind!r}; "
                     f"steerjax supports {_ROPE_SCALING['gemma3']}")
-  factor = float(scaling.get("factor") or 1.0)
+  factor = float(scaling.get("factor") or 1.0) if kind == "linear" else 1.0
   full = dict(rope_type="default", rope_theta=float(fields.pop("rope_theta", 10000.0)))
   if factor != 1.0:
     full.update(rope_type="linear", factor=factor)
