@@ -185,6 +185,17 @@ def get_config(arg=None):
       lr_direction=(0.04, 0.08),
       epochs=(12, 18, 24),
       batch_size=(),
+      positions=(),                 # where the SV acts, e.g. ("f2", "l2", "f2+l2", "prompt")
+      seeds=(),                     # repeat the grid per training seed (() = config.seed);
+                                    #   the table reports each point's mean over them
+      heatmap=(),                   # two axes (rows, columns) drawn to heatmap.png
+      heatmap_score="concept",      # overall | concept | instruction | fluency
+  ))
+  # --plan's wall-clock estimate: FLOPs on one chip at an assumed model-FLOP utilisation.
+  c.plan = ml_collections.ConfigDict(dict(
+      chip="h100",                  # a key of steerjax.runtime.plans.CHIPS (v5e, v5p, h100, a100)
+      mfu=0.4,                      # of peak bf16 FLOP/s in training, prefill and scoring
+      decode_mfu=0.05,              # token-by-token decoding (memory-bound: far below mfu)
   ))
   c.mesh = ml_collections.ConfigDict(dict(
       shape=(),                     # devices per axis of `axes`, one -1 = the rest; () = no mesh

@@ -46,8 +46,9 @@ def plan(config) -> list:
   a = config.attack
   rows = table_rows.parse_rows(config, a.rows)
   n = a.num_concepts or config.data.num_concepts or 500
+  prompt = plans.prompt_length(config)[0]
   out = [plans.method_cost(dataclasses.replace(r.method, name=r.name), n, 0, 0, N_EVAL,
-                           config.eval.max_new_tokens) for r in rows]
+                           config.eval.max_new_tokens, prompt_tokens=prompt) for r in rows]
   for row in out:
     row["svs"] = 0   # read from the axbench run, not trained
   return out
