@@ -41,6 +41,7 @@ def get_config(arg=None):
       beta=4.0,                     # factor init: alpha0 = beta * sqrt(width)
       lam=8.0,                      # direction init size
       init="normal",                # normal: N(0, lam/n) (paper) | uniform: U(+-lam/sqrt(n)) (code)
+                                    #   | constant: lam in every entry (AxBench's SSV)
       factor_mode="joint",          # a key of steerjax.train_config.FACTOR_MODES
       fixed_factor=1.0,             # alpha in factor_mode=fixed
       factor_set=tuple(range(2, 21, 2)),  # alphas drawn from in factor_mode=sampled

@@ -410,6 +410,46 @@ def test_paper_ablation_configs_plan_and_run_on_the_fixture(model_dir, tmp_path,
   assert "overall_std" in open(tmp_path / "search" / "search.md").read()
 
 
+def test_fixed_unit_factor_row_steers_in_units_of_the_max_activation(model_dir, tmp_path):
+  """AxBench's steering vector: v starts at 0.01 everywhere; at inference the factor is
+  times the concept's max h.v on the latent eval inputs (after the chat prefix), here
+  checked against transformers' hidden states of the same checkpoint."""
+  import torch
+  import transformers
+  from steerjax.eval.judge import LocalJudge
+  from steerjax.runtime.session import Session
+  from steerjax.steering import init_sv
+  config = tiny_config(model_dir, str(tmp_path / "cache"))
+  method = methods.from_config(config, "fssv_lang_fixed")
+  assert (method.scale, method.spec.positions, method.spec.train_positions) == (
+      "max_act", "all", "all-bos")
+  sv = init_sv(None, 8, method.loop.beta, method.loop.lam, method.loop.direction_init)
+  assert np.all(np.asarray(sv["direction"]) == np.float32(0.01))
+  config.eval.batch_size = 16
+  ctx = context.setup(config, log=lambda *a: None, bundle=context.load_model(config))
+  concept = data.concept_list("concept10", "2b_l10")[1]
+  v = np.random.default_rng(0).normal(size=ctx.model.cfg.dim).astype(np.float32)
+  svs = {concept.name: {"factor": np.float32(1.0), "direction": v}}
+  with LocalJudge(lambda p: ["x"] * len(p), name="unused", cache_dir=None) as judge:
+    session = Session(ctx, str(tmp_path / "run"), judge)
+    found = session.max_activations(method, svs)
+    scaled = session.scaled_by_max_act(method, svs)
+    session.store.close()
+
+  latent = data.latent_frame("concept10", "2b_l10", DATA)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+  best = -np.inf
+  for text in list(latent[latent["concept_id"] == concept.concept_id]["input"]):
+    ids = ctx.tok.chat_prompt(text)
+    with torch.no_grad():
+      h = hf(torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0].numpy()
+    best = max(best, float((h @ v)[4:].max()))      # 4 = Gemma's chat prefix
+  expected = best if best > 0 else 50.0
+  assert found[concept.name] == pytest.approx(expected, abs=2e-3)
+  np.testing.assert_allclose(scaled[concept.name]["direction"], v * found[concept.name],
+                             rtol=1e-6)
+
+
 def test_search_job_writes_a_config_the_axbench_job_runs(model_dir, tmp_path, monkeypatch):
   import importlib.util
   from steerjax.jobs import search

@@ -91,6 +91,47 @@ class Session:
                          batch_size=self.config.eval.batch_size, sort_by_length=True,
                          fixed_batch=True, stop_ids=self.stops, **kwargs)
 
+  def max_activations(self, method, svs) -> Dict[str, float]:
+    """{concept: AxBench's max activation}: over the concept's latent eval inputs under the
+    chat template, the largest h.v at block `layer` after the chat prefix (rounded to 3
+    places as AxBench rounds); 50 when none is positive (AxBench's fallback)."""
+    from steerjax.steering import chat_prefix_length
+    from steerjax.train import _site_outputs
+    d, ctx = self.config.data, self.ctx
+    frame = axbench.latent_frame(d.suite, d.task, self.config.data_root or None)
+    prefix = chat_prefix_length(ctx.tok.chat_ids)
+    out = {}
+    for c in self.bench.concepts:
+      if c.name not in svs:
+        continue
+      inputs = list(frame[frame["concept_id"] == c.concept_id]["input"])
+      v = np.asarray(svs[c.name]["direction"], np.float32)
+      best = -np.inf
+      for start in range(0, len(inputs), self.config.eval.batch_size):
+        ids = [ctx.tok.chat_prompt(x) for x in inputs[start:start + self.config.eval.batch_size]]
+        T = -(-max(map(len, ids)) // 16) * 16
+        tokens = np.full((len(ids), T), ctx.model.cfg.pad_id, np.int32)
+        valid = np.zeros((len(ids), T), bool)
+        for i, x in enumerate(ids):
+          tokens[i, :len(x)], valid[i, :len(x)] = x, True
+        h = np.asarray(_site_outputs(ctx.model, method.spec.layer, ctx.params, tokens, valid),
+                       np.float32)
+        acts = np.round(h @ v, 3)
+        acts[:, :prefix] = -np.inf
+        acts[~valid] = -np.inf
+        best = max(best, float(acts.max()))
+      out[c.name] = best if best > 0 else 50.0
+    return out
+
+  def scaled_by_max_act(self, method, svs) -> Dict[str, dict]:
+    """`svs` with each direction times its concept's max activation, so a factor f steers
+    by f * max_act * v (AxBench's steering vector at inference)."""
+    found = self.max_activations(method, svs)
+    self.ctx.log(f"{method.name}: max activations " + ", ".join(
+        f"{k} {v:.3g}" for k, v in list(found.items())[:5]) + (" ..." if len(found) > 5 else ""))
+    return {k: dict(sv, direction=np.asarray(sv["direction"], np.float32) * found[k])
+            for k, sv in svs.items()}
+
   def _neutral(self, source: str):
     """`items -> neutral y ids` made by the target model or written by the judge, stored."""
     d = self.config.data
@@ -268,6 +309,8 @@ class Session:
         if missing:
           if svs is None and method.trained:
             svs = get_svs()
+            if method.scale == "max_act":
+              svs = self.scaled_by_max_act(method, svs)
           made = self.generations(method, missing, svs,
                                   jax.random.fold_in(base, missing[0].concept_id))
           for c in missing:
