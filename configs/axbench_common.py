@@ -92,6 +92,7 @@ def make_config(model_path: str, task: str, layer: int, methods: dict, num_conce
       sampling="hf",                # the model's generation_config.json as transformers
                                     #   applies it (top-k 50 on Gemma-2-it)
       steering_prompts="released",  # the authors' file
+      requests="prosv",             # prompts the file lacks: the authors' requests
   ))
   c.judge.templates = "prosv"       # the authors' templates, pinned
   c.utility.num_concepts = 10       # Table 16's means: the authors' --max_concepts 10

@@ -114,6 +114,9 @@ def get_config(arg=None):
       concepts_per_chunk=16,        # concepts generated and judged together (resume unit)
       prompt_template=" {prompt}\n\nQuestion: {instruction}",   # the prompting baseline's input
       steering_prompts="judge",     # one of steerjax.runtime.session.STEERING_PROMPT_SOURCES
+      requests="steerjax",          # what the judge is asked to write steering / suppression
+                                    #   prompts with: steerjax | prosv (the authors' T_GENERATE_*,
+                                    #   read from their llm_judge.py, data.released_repo)
       samples_shown=1,              # generations the demo prints per method
   ))
   c.judge = ml_collections.ConfigDict(dict(

@@ -52,6 +52,7 @@ def tiny_config(model_dir, cache_dir, server_url=""):
   c.judge.update(base_url=server_url, model="judge-test", api_key_env=KEY_ENV, concurrency=8,
                  max_retries=1, timeout_s=10.0, templates="steerjax")
   c.eval.steering_prompts = "judge"
+  c.eval.requests = "steerjax"        # no download of the authors' requests
   return c
 
 
@@ -324,6 +325,12 @@ def _released_clone(root, concepts, task="2b_l10"):
                  "steered_prompt": f"Instruction {k}, never mentioning {first.name}",
                  "concept": first.name} for k in range(10)]).to_parquet(
       os.path.join(gen("concept500"), "suppression_prompt_blended.parquet"))
+  os.makedirs(os.path.join(root, "src", "reft"))
+  with open(os.path.join(root, "src", "reft", "llm_judge.py"), "w") as f:
+    f.write("import re\n\nCONCEPT_TEMPLATE = 'unused {concept}'\n"
+            "T_GENERATE_PREPEND_STEERING_PROMPT = 'Fixture request: steer towards {concept}.'\n"
+            "T_GENERATE_SUPPRESSION_PROMPT_BLEND = 'Fixture request: {instruction} "
+            "without {concept}.'\n")
   return root
 
 
@@ -336,6 +343,7 @@ def test_released_data_feeds_neutral_responses_and_steering_prompts(model_dir, t
   clone = _released_clone(str(tmp_path / "prosv"), concepts)
   config.data.update(neutral="released", released_repo=clone, task="2b_l10")
   config.eval.steering_prompts = "released"
+  config.eval.requests = "prosv"      # the authors' T_GENERATE_* for what the file lacks
   lines, asked = [], []
 
   def chat(prompts):
@@ -356,7 +364,11 @@ def test_released_data_feeds_neutral_responses_and_steering_prompts(model_dir, t
     prompts = session.steering_prompts(session.bench.concepts)
     assert prompts == {concepts[0].concept_id: f"Always mention {concepts[0].name}.",
                        concepts[1].concept_id: WRITTEN_REPLY}
-    assert len(asked) == 1 and concepts[1].name in asked[0]   # the judge wrote the missing one
+    # the judge wrote the missing one, asked with the authors' request read from the clone
+    assert asked == [f"Fixture request: steer towards {concepts[1].name}."]
+    kind, request = session.request("suppression_prompt", "ours {concept} {instruction}")
+    assert (kind, request) == ("suppression_prompt@prosv",
+                               "Fixture request: {instruction} without {concept}.")
     assert any("1 concept(s) not in the file" in line for line in lines)
     session.store.close()
   attack = released.frame("suppression", "2b_l10", local_clone=clone)
@@ -412,8 +424,8 @@ def test_paper_ablation_configs_plan_and_run_on_the_fixture(model_dir, tmp_path,
 
 def test_fixed_unit_factor_row_steers_in_units_of_the_max_activation(model_dir, tmp_path):
   """AxBench's steering vector: v starts at 0.01 everywhere; at inference the factor is
-  times the concept's max h.v on the latent eval inputs (after the chat prefix), here
-  checked against transformers' hidden states of the same checkpoint."""
+  times the concept's max h.v on the latent eval rows (input and output as a chat, after
+  the chat prefix), checked against transformers' hidden states of the same checkpoint."""
   import torch
   import transformers
   from steerjax.eval.judge import LocalJudge
@@ -439,12 +451,16 @@ def test_fixed_unit_factor_row_steers_in_units_of_the_max_activation(model_dir, 
   latent = data.latent_frame("concept10", "2b_l10", DATA)
   hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
   best = -np.inf
-  for text in list(latent[latent["concept_id"] == concept.concept_id]["input"]):
-    ids = ctx.tok.chat_prompt(text)
+  rows = latent[latent["concept_id"] == concept.concept_id]
+  for x, y in zip(rows["input"], rows["output"]):
+    # Gemma's template written out, without the closing "<end_of_turn>\n"
+    ids = ctx.tok.encode(f"<bos><start_of_turn>user\n{x}<end_of_turn>\n"
+                         f"<start_of_turn>model\n{y}")
     with torch.no_grad():
       h = hf(torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0].numpy()
     best = max(best, float((h @ v)[4:].max()))      # 4 = Gemma's chat prefix
-  expected = best if best > 0 else 50.0
+  assert best > 0                                   # a real maximum, not the fallback
+  expected = best
   assert found[concept.name] == pytest.approx(expected, abs=2e-3)
   np.testing.assert_allclose(scaled[concept.name]["direction"], v * found[concept.name],
                              rtol=1e-6)
