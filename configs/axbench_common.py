@@ -35,7 +35,9 @@ def baselines(factor_set, grid, lang_sampled, reps_sampled, train_positions="all
 
   fssv_lang_fixed: AxBench's steering-vector baseline, sweep/wuzhengx/{2b/l10,9b/l20}/
     steering_vec.yaml: batch 6, 3 epochs, lr 0.01, weight decay 0, every position but BOS,
-    trained at factor 1 and searched over AxBench's 14 factors 0.2..5.0.
+    trained at factor 1 from v = 0.01 in every entry; at inference every position, the
+    factor (AxBench's 14, 0.2..5.0) in units of the concept's max activation on the latent
+    eval data (`scale="max_act"`, steerjax/runtime/session.py).
   fssv_lang_sampled, fssv_reps_sampled: AxBench's ConceptVector (Lang) and PreferenceVector
     (RePS), as AxBench trains them: factors drawn from `factor_set`, a learned bias b
     (`h + (a + b) v`; `relu(h.v + b)` in NullInv), lam 1 (torch's default Linear init),
@@ -48,9 +50,10 @@ def baselines(factor_set, grid, lang_sampled, reps_sampled, train_positions="all
   sampled = dict(positions="all", train_positions=train_positions, factor_mode="sampled",
                  bias=True, lam=1.0, factor_set=tuple(factor_set), grid=tuple(grid))
   return {
-      "fssv_lang_fixed": dict(positions="all-bos", objective="lang", factor_mode="fixed",
-                              fixed_factor=1.0, lam=1.0, lr_direction=0.01, batch_size=6,
-                              epochs=3, grid=CLASSIC_GRID),
+      "fssv_lang_fixed": dict(positions="all", train_positions="all-bos", objective="lang",
+                              factor_mode="fixed", fixed_factor=1.0, init="constant", lam=0.01,
+                              scale="max_act", lr_direction=0.01, batch_size=6, epochs=3,
+                              grid=CLASSIC_GRID),
       "fssv_lang_sampled": dict(sampled, objective="lang", **lang_sampled),
       "fssv_reps_sampled": dict(sampled, objective="reps_axbench", neutral="model",
                                 **reps_sampled),
@@ -89,6 +92,7 @@ def make_config(model_path: str, task: str, layer: int, methods: dict, num_conce
       sampling="hf",                # the model's generation_config.json as transformers
                                     #   applies it (top-k 50 on Gemma-2-it)
       steering_prompts="released",  # the authors' file
+      requests="prosv",             # prompts the file lacks: the authors' requests
   ))
   c.judge.templates = "prosv"       # the authors' templates, pinned
   c.utility.num_concepts = 10       # Table 16's means: the authors' --max_concepts 10

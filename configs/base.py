@@ -41,6 +41,7 @@ def get_config(arg=None):
       beta=4.0,                     # factor init: alpha0 = beta * sqrt(width)
       lam=8.0,                      # direction init size
       init="normal",                # normal: N(0, lam/n) (paper) | uniform: U(+-lam/sqrt(n)) (code)
+                                    #   | constant: lam in every entry (AxBench's SSV)
       factor_mode="joint",          # a key of steerjax.train_config.FACTOR_MODES
       fixed_factor=1.0,             # alpha in factor_mode=fixed
       factor_set=tuple(range(2, 21, 2)),  # alphas drawn from in factor_mode=sampled
@@ -113,6 +114,9 @@ def get_config(arg=None):
       concepts_per_chunk=16,        # concepts generated and judged together (resume unit)
       prompt_template=" {prompt}\n\nQuestion: {instruction}",   # the prompting baseline's input
       steering_prompts="judge",     # one of steerjax.runtime.session.STEERING_PROMPT_SOURCES
+      requests="steerjax",          # what the judge is asked to write steering / suppression
+                                    #   prompts with: steerjax | prosv (the authors' T_GENERATE_*,
+                                    #   read from their llm_judge.py, data.released_repo)
       samples_shown=1,              # generations the demo prints per method
   ))
   c.judge = ml_collections.ConfigDict(dict(
@@ -185,6 +189,17 @@ def get_config(arg=None):
       lr_direction=(0.04, 0.08),
       epochs=(12, 18, 24),
       batch_size=(),
+      positions=(),                 # where the SV acts, e.g. ("f2", "l2", "f2+l2", "prompt")
+      seeds=(),                     # repeat the grid per training seed (() = config.seed);
+                                    #   the table reports each point's mean over them
+      heatmap=(),                   # two axes (rows, columns) drawn to heatmap.png
+      heatmap_score="concept",      # overall | concept | instruction | fluency
+  ))
+  # --plan's wall-clock estimate: FLOPs on one chip at an assumed model-FLOP utilisation.
+  c.plan = ml_collections.ConfigDict(dict(
+      chip="h100",                  # a key of steerjax.runtime.plans.CHIPS (v5e, v5p, h100, a100)
+      mfu=0.4,                      # of peak bf16 FLOP/s in training, prefill and scoring
+      decode_mfu=0.05,              # token-by-token decoding (memory-bound: far below mfu)
   ))
   c.mesh = ml_collections.ConfigDict(dict(
       shape=(),                     # devices per axis of `axes`, one -1 = the rest; () = no mesh

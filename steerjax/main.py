@@ -29,11 +29,14 @@ def plan(config, log=print):
   """Print the cost table of the job a config names."""
   from steerjax import jobs
   from steerjax.eval.scoring import results_table
-  from steerjax.runtime.plans import PLAN_COLUMNS, total_row
+  from steerjax.runtime.plans import PLAN_COLUMNS, compute_lines, total_row
   from steerjax.eval.judges import plan_lines
   rows = jobs.get(config.job).plan(config)
+  notes = compute_lines(config, rows)
   total = total_row(rows)
   log(results_table(rows + [total], PLAN_COLUMNS))
+  for line in notes:
+    log(line)
   for line in plan_lines(config, total["judge_calls"]):
     log(line)
   return rows

@@ -34,7 +34,10 @@ OTHER_KEYS = {
     "kind": "trained | prompting | unsteered (default: trained with positions, else the name)",
     "grid": "factors searched at inference (picked on ids 0..4, scored on 5..9)",
     "neutral": "where SimPO's / RePS's neutral y comes from (default: data.neutral)",
+    "scale": "max_act: the factor is in units of the concept's max activation h.v on "
+             "AxBench's latent eval data (AxBench's steering vector); '' = none",
 }
+SCALES = ("", "max_act")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Method:
   loop: Optional[LoopConfig] = None  # its init, rates and loop
   grid: Optional[tuple] = None       # factors searched at inference; None: the learned one
   neutral: str = "model"             # source of the neutral y when the objective needs one
+  scale: str = ""                    # max_act: factors in units of the max activation
 
   @property
   def trained(self) -> bool:
@@ -122,10 +126,13 @@ def from_config(config, name: str) -> Method:
   except ValueError as err:
     raise ValueError(f"{where}: {err}") from None
   grid = tuple(float(g) for g in over["grid"]) if "grid" in over else None
+  scale = over.get("scale", "")
+  if scale not in SCALES:
+    raise ValueError(f"{where}.scale={scale!r}; use one of {SCALES}")
   if grid is None and not factor_mode(step.factor_mode).trained:
     raise ValueError(f"{where}: factor_mode={step.factor_mode!r} leaves the factor untrained, "
                      "so the method needs a factor grid (grid=(...))")
-  return Method(name, "trained", spec, step, loop, grid, neutral)
+  return Method(name, "trained", spec, step, loop, grid, neutral, scale)
 
 
 def of_config(config) -> list:

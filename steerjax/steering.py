@@ -96,7 +96,8 @@ def positions_mask(positions: str, prompt_mask_BT, token_mask_BT):
 
 def init_sv(rng, width: int, beta: float, lam: float, init: str = "normal", concepts=None):
   """muP-style init: alpha0 = beta * sqrt(width); v0 ~ N(0, lam / width) ("normal", the
-  paper's rule) or uniform(-lam/sqrt(width), lam/sqrt(width)) ("uniform", the authors' code).
+  paper's rule), uniform(-lam/sqrt(width), lam/sqrt(width)) ("uniform", the authors' code)
+  or lam in every entry ("constant").
   `concepts=C` stacks C independent SVs."""
   shape = (width,) if concepts is None else (concepts, width)
   if init == "normal":
@@ -104,8 +105,11 @@ def init_sv(rng, width: int, beta: float, lam: float, init: str = "normal", conc
   elif init == "uniform":
     bound = lam / math.sqrt(width)
     v = jax.random.uniform(rng, shape, jnp.float32, -bound, bound)
+  elif init == "constant":   # every entry lam: AxBench's steering vector starts at 0.01
+    v = jnp.full(shape, lam, jnp.float32)
   else:
-    raise ValueError(f"direction init={init!r}; use 'normal' (paper) or 'uniform' (authors' code)")
+    raise ValueError(f"direction init={init!r}; use 'normal' (paper), 'uniform' (authors' "
+                     "code) or 'constant'")
   factor = jnp.full(shape[:-1], beta * math.sqrt(width), jnp.float32)
   return {"factor": factor, "direction": v}
 

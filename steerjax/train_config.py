@@ -99,7 +99,7 @@ class LoopConfig:
   """What shapes a run but not its compiled step: init sizes, base rates, loop, checkpoints."""
   beta: float = 4.0                  # factor init alpha0 = beta * sqrt(D)
   lam: float = 8.0                   # direction init size
-  direction_init: str = "normal"     # normal (paper) | uniform (authors' code)
+  direction_init: str = "normal"     # normal (paper) | uniform (authors' code) | constant
   fixed_factor: float = 1.0          # alpha in factor_mode=fixed
   lr_factor: float = 10.0
   lr_direction: float = 0.04

@@ -52,6 +52,7 @@ def tiny_config(model_dir, cache_dir, server_url=""):
   c.judge.update(base_url=server_url, model="judge-test", api_key_env=KEY_ENV, concurrency=8,
                  max_retries=1, timeout_s=10.0, templates="steerjax")
   c.eval.steering_prompts = "judge"
+  c.eval.requests = "steerjax"        # no download of the authors' requests
   return c
 
 
@@ -238,6 +239,71 @@ def test_paper_configs_and_their_cost():
   assert methods.from_config(qwen, "prosv_simpo").loop.direction_init == "uniform"
 
 
+def test_plan_counts_a_small_config_by_hand(model_dir):
+  """--plan on two concepts of the fixture chat model: every count written out by hand."""
+  from steerjax import main
+  from steerjax.jobs import utility as utility_job
+  from steerjax.models import load_tokenizer
+  from steerjax.runtime import plans
+  c = axbench_gemma2_2b.get_config()
+  c.model.path, c.steer.layer = model_dir, 0
+  c.data.num_concepts, c.data.n_train, c.data.max_response_tokens = 2, 12, 128
+  c.methods = ("prosv_simpo",)                  # batch 6, 12 epochs, 2 sequences per example
+  c.method_overrides.unsteered = {"kind": "unsteered"}
+  tok = load_tokenizer(model_dir)
+  # Gemma-2's template around one user turn, as its text pieces
+  template = (len(tok.encode("<bos><start_of_turn>user\n"))
+              + len(tok.encode("<end_of_turn>\n<start_of_turn>model\n")))
+  prompt = template + plans.INSTRUCTION_TOKENS
+  assert plans.prompt_length(c)[0] == prompt
+  lines = []
+  rows = {r["method"]: r for r in main.plan(c, log=lines.append)}
+  simpo = rows["prosv_simpo"]
+  assert simpo["steps_per_sv"] == (12 // 6) * 12
+  assert simpo["train_sequences"] == 2 * 24 * 6 * 2
+  assert simpo["train_tokens"] == 2 * 24 * 6 * 2 * (prompt + 128)
+  assert simpo["scored_sequences"] == 2 * 12 * 2          # reference log-probs of y_c and y
+  assert (simpo["generations"], simpo["judge_calls"]) == (2 * 10, 2 * 10 * 3)
+  assert rows["neutral y (judge)"]["judge_calls"] == 2 * 12
+  assert simpo["pflop"] > 0 and any(l.startswith("time on one h100") for l in lines)
+  assert any(f"{template} of the chat template" in l for l in lines)
+
+  c.utility.update(rows=("unsteered", "prompting", "fssv_lang@0.5"), num_concepts=2, limit=5)
+  c.eval.steering_prompts = "judge"
+  rows = {r["method"]: r for r in utility_job.plan(c)}
+  # unsteered answers once: 5 MMLU grades, but its GSM8K answers rated for both concepts
+  assert rows["unsteered"]["judge_calls"] == 5 + 2 * 5 * 3
+  assert rows["unsteered"]["generations"] == 5 * 2
+  assert rows["unsteered"]["scored_sequences"] == 5 * 4   # lm-eval's four letters per item
+  assert rows["prompting"]["judge_calls"] == 2 * 5 + 2 * 5 * 3 + 2
+  assert rows["fssv_lang@0.5"]["judge_calls"] == 2 * 5 + 2 * 5 * 3
+  assert rows["fssv_lang@0.5"]["scored_sequences"] == 2 * 5 * 4
+
+  c.model.path = "google/gemma-2-2b-it"                   # not under the data root
+  tokens, note = plans.prompt_length(c)
+  assert tokens == plans.INSTRUCTION_TOKENS and "fixed estimate" in note
+  c.plan.chip = "tpu"
+  with pytest.raises(ValueError, match="plan.chip"):
+    main.plan(c, log=lines.append)
+
+
+def test_plan_flops_by_hand():
+  """One generation of 3 prompt + 2 new tokens through a 2-block model: projections
+  2*4*(2*2*2 + 2*1*2) = 96 and MLP 2*3*4*8 = 192 per token and block, attention 4*2*2 = 16
+  per token, block and context position, head 2*4*10 = 80 per token."""
+  from steerjax.models.config import ModelConfig
+  from steerjax.runtime import plans
+  shape = ModelConfig(vocab_size=10, dim=4, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=2,
+                      hidden_dim=8)
+  flops = plans.row_flops({"generations": 1, "prompt_tokens": 3, "new_tokens": 2}, shape, 1)
+  assert flops["prefill"] == 2 * (3 * 288 + 16 * 3 * 3) + 80
+  assert flops["decode"] == 2 * (288 + 16 * 3) + 80 + 2 * (288 + 16 * 4) + 80
+  # training one 3-token sequence steered at block 1: forward through both blocks and the
+  # head, input gradients through the head and block 1 (projections again, attention twice)
+  train = plans.row_flops({"train_sequences": 1, "train_tokens": 3}, shape, 1)["train"]
+  assert train == (2 * (3 * 288 + 16 * 9) + 3 * 80) + (3 * 288 + 2 * 16 * 9) + 3 * 80
+
+
 def _released_clone(root, concepts, task="2b_l10"):
   """A local 'clone' of the authors' data folder in the released schema: contrast triples
   for every concept, a steering prompt and attack prompts for the first one only."""
@@ -259,6 +325,12 @@ def _released_clone(root, concepts, task="2b_l10"):
                  "steered_prompt": f"Instruction {k}, never mentioning {first.name}",
                  "concept": first.name} for k in range(10)]).to_parquet(
       os.path.join(gen("concept500"), "suppression_prompt_blended.parquet"))
+  os.makedirs(os.path.join(root, "src", "reft"))
+  with open(os.path.join(root, "src", "reft", "llm_judge.py"), "w") as f:
+    f.write("import re\n\nCONCEPT_TEMPLATE = 'unused {concept}'\n"
+            "T_GENERATE_PREPEND_STEERING_PROMPT = 'Fixture request: steer towards {concept}.'\n"
+            "T_GENERATE_SUPPRESSION_PROMPT_BLEND = 'Fixture request: {instruction} "
+            "without {concept}.'\n")
   return root
 
 
@@ -271,6 +343,7 @@ def test_released_data_feeds_neutral_responses_and_steering_prompts(model_dir, t
   clone = _released_clone(str(tmp_path / "prosv"), concepts)
   config.data.update(neutral="released", released_repo=clone, task="2b_l10")
   config.eval.steering_prompts = "released"
+  config.eval.requests = "prosv"      # the authors' T_GENERATE_* for what the file lacks
   lines, asked = [], []
 
   def chat(prompts):
@@ -291,7 +364,11 @@ def test_released_data_feeds_neutral_responses_and_steering_prompts(model_dir, t
     prompts = session.steering_prompts(session.bench.concepts)
     assert prompts == {concepts[0].concept_id: f"Always mention {concepts[0].name}.",
                        concepts[1].concept_id: WRITTEN_REPLY}
-    assert len(asked) == 1 and concepts[1].name in asked[0]   # the judge wrote the missing one
+    # the judge wrote the missing one, asked with the authors' request read from the clone
+    assert asked == [f"Fixture request: steer towards {concepts[1].name}."]
+    kind, request = session.request("suppression_prompt", "ours {concept} {instruction}")
+    assert (kind, request) == ("suppression_prompt@prosv",
+                               "Fixture request: {instruction} without {concept}.")
     assert any("1 concept(s) not in the file" in line for line in lines)
     session.store.close()
   attack = released.frame("suppression", "2b_l10", local_clone=clone)
@@ -303,6 +380,90 @@ def test_released_data_feeds_neutral_responses_and_steering_prompts(model_dir, t
   with pytest.raises(ValueError, match=r"not the released steering_prompts schema; missing "
                                        r"\['steering_prompt'\]"):
     released.frame("steering_prompts", "2b_l10", local_clone=clone)
+
+
+def test_paper_ablation_configs_plan_and_run_on_the_fixture(model_dir, tmp_path, monkeypatch):
+  """Fig. 3 and Table 1: one command each; their search over positions and seeds runs on
+  the fixture model and writes the seed means and the heatmap."""
+  from configs import paper_fig3, paper_table1
+  from steerjax import main
+  from steerjax.jobs import search
+  fig3 = paper_fig3.get_config("q32b")
+  rows = main.plan(fig3, log=lambda *a: None)
+  assert len(rows) == 16 and rows[0]["svs"] == 10 * 3            # 10 concepts x 3 seeds
+  assert fig3.method_overrides.ablation.positions == "f2+l2"
+  assert paper_fig3.get_config().method_overrides.ablation.positions == "f4+l4"
+  table1 = paper_table1.get_config("g2b")
+  assert [p["positions"] for p in search.grid(table1)] == list(paper_table1.POSITIONS)
+  assert rows[0]["steps_per_sv"] == (72 // 12) * 6
+  with pytest.raises(ValueError, match="use one of"):
+    paper_fig3.get_config("g7b")
+
+  monkeypatch.setenv(KEY_ENV, "sk-axbench-test")
+  with JudgeServer() as server:
+    config = tiny_config(model_dir, str(tmp_path / "cache"), server.url)
+    config.job = "search"
+    config.search.update(method="prosv_lang", concepts="config", beta=(1.0, 4.0),
+                         lr_factor=(), lam=(), lr_direction=(), epochs=(1,), batch_size=(3,),
+                         positions=("f2", "l2"), seeds=(1, 2), heatmap=("beta", "positions"))
+    lines = []
+    out = search.run(config, str(tmp_path / "search"), log=lines.append,
+                     bundle=context.load_model(config))
+  points = out["points"]
+  assert len(points) == 4 and all(p["seeds"] == 2 for p in points)
+  for p in points:
+    per_seed = [s["overall"] for s in p["per_seed"]]
+    assert [s["seed"] for s in p["per_seed"]] == [1, 2]
+    assert p["overall"] == pytest.approx(np.mean(per_seed))
+  # positions change the compiled step: one stacked group per (seed, positions)
+  assert sum("search rows 0..3" in line and "steps" in line for line in lines) == 4
+  assert os.path.exists(tmp_path / "search" / "seed_2" / "shapes" / "b3_e1_l2")
+  assert os.path.getsize(tmp_path / "search" / "heatmap.png") > 0
+  assert "overall_std" in open(tmp_path / "search" / "search.md").read()
+
+
+def test_fixed_unit_factor_row_steers_in_units_of_the_max_activation(model_dir, tmp_path):
+  """AxBench's steering vector: v starts at 0.01 everywhere; at inference the factor is
+  times the concept's max h.v on the latent eval rows (input and output as a chat, after
+  the chat prefix), checked against transformers' hidden states of the same checkpoint."""
+  import torch
+  import transformers
+  from steerjax.eval.judge import LocalJudge
+  from steerjax.runtime.session import Session
+  from steerjax.steering import init_sv
+  config = tiny_config(model_dir, str(tmp_path / "cache"))
+  method = methods.from_config(config, "fssv_lang_fixed")
+  assert (method.scale, method.spec.positions, method.spec.train_positions) == (
+      "max_act", "all", "all-bos")
+  sv = init_sv(None, 8, method.loop.beta, method.loop.lam, method.loop.direction_init)
+  assert np.all(np.asarray(sv["direction"]) == np.float32(0.01))
+  config.eval.batch_size = 16
+  ctx = context.setup(config, log=lambda *a: None, bundle=context.load_model(config))
+  concept = data.concept_list("concept10", "2b_l10")[1]
+  v = np.random.default_rng(0).normal(size=ctx.model.cfg.dim).astype(np.float32)
+  svs = {concept.name: {"factor": np.float32(1.0), "direction": v}}
+  with LocalJudge(lambda p: ["x"] * len(p), name="unused", cache_dir=None) as judge:
+    session = Session(ctx, str(tmp_path / "run"), judge)
+    found = session.max_activations(method, svs)
+    scaled = session.scaled_by_max_act(method, svs)
+    session.store.close()
+
+  latent = data.latent_frame("concept10", "2b_l10", DATA)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+  best = -np.inf
+  rows = latent[latent["concept_id"] == concept.concept_id]
+  for x, y in zip(rows["input"], rows["output"]):
+    # Gemma's template written out, without the closing "<end_of_turn>\n"
+    ids = ctx.tok.encode(f"<bos><start_of_turn>user\n{x}<end_of_turn>\n"
+                         f"<start_of_turn>model\n{y}")
+    with torch.no_grad():
+      h = hf(torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0].numpy()
+    best = max(best, float((h @ v)[4:].max()))      # 4 = Gemma's chat prefix
+  assert best > 0                                   # a real maximum, not the fallback
+  expected = best
+  assert found[concept.name] == pytest.approx(expected, abs=2e-3)
+  np.testing.assert_allclose(scaled[concept.name]["direction"], v * found[concept.name],
+                             rtol=1e-6)
 
 
 def test_search_job_writes_a_config_the_axbench_job_runs(model_dir, tmp_path, monkeypatch):

@@ -75,6 +75,18 @@ def train_frame(suite: str, task: str, data_root: Optional[str] = None) -> pd.Da
   return pd.read_parquet(path)
 
 
+def latent_frame(suite: str, task: str, data_root: Optional[str] = None) -> pd.DataFrame:
+  """The task's latent eval parquet (rows of input, concept_id), from which AxBench takes
+  each concept's max activation."""
+  _check(suite, task)
+  size, layer = task.split("_")
+  local = (f"axbench/{suite}/prod_{task}_v1/inference/latent_eval_data.parquet",
+           f"axbench/{suite}/{size}/{layer}/inference/latent_eval_data.parquet")
+  path = _local(data_root, *local) or _hub_file(
+      HUB_REPOS[suite], f"{size}/{layer}/inference/latent_eval_data.parquet", local)
+  return pd.read_parquet(path)
+
+
 def concept_list(suite: str, task: str, data_root: Optional[str] = None,
                  frame: Optional[pd.DataFrame] = None) -> List[Concept]:
   """Concepts in id order: from metadata.jsonl when it is in the data root, else read off

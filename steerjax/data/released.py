@@ -41,6 +41,19 @@ COLUMNS = {
     "hp_train": ("input", "output", "concept_id"),
 }
 # At COMMIT the contrast file is released for 9b_l20, the others for 2b_l10 and 9b_l20.
+# The requests the authors sent the judge to write steering and suppression prompts.
+REQUESTS_PATH = "src/reft/llm_judge.py"
+REQUEST_NAMES = {"steering_prompt": "T_GENERATE_PREPEND_STEERING_PROMPT",
+                 "suppression_prompt": "T_GENERATE_SUPPRESSION_PROMPT_BLEND"}
+
+
+def requests(cache_dir: str = "", local_clone: str = "") -> Dict[str, str]:
+  """{"steering_prompt": request with {concept}, "suppression_prompt": request with
+  {concept} and {instruction}}, read from the authors' llm_judge.py (nothing executed)."""
+  from steerjax.eval.templates import constants_of
+  where = pinned.fetch(REPO, COMMIT, REQUESTS_PATH, cache_dir, local_clone)
+  with open(where, encoding="utf-8") as f:
+    return constants_of(f.read(), REQUEST_NAMES, where)
 
 
 def path(kind: str, task: str = "", cache_dir: str = "", local_clone: str = "") -> str:

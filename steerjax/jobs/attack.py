@@ -46,8 +46,9 @@ def plan(config) -> list:
   a = config.attack
   rows = table_rows.parse_rows(config, a.rows)
   n = a.num_concepts or config.data.num_concepts or 500
+  prompt = plans.prompt_length(config)[0]
   out = [plans.method_cost(dataclasses.replace(r.method, name=r.name), n, 0, 0, N_EVAL,
-                           config.eval.max_new_tokens) for r in rows]
+                           config.eval.max_new_tokens, prompt_tokens=prompt) for r in rows]
   for row in out:
     row["svs"] = 0   # read from the axbench run, not trained
   return out
@@ -67,9 +68,9 @@ def attack_prompts(session, concepts, log=print) -> Dict[int, List[str]]:
         out[cid] = [by_original[x] for x in session.bench.instructions[cid]]
   todo = [(c, i, x) for c in concepts if c.concept_id not in out
           for i, x in enumerate(session.bench.instructions[c.concept_id])]
-  texts = session.written("suppression_prompt", [
-      ((c.name, x), SUPPRESSION_REQUEST.format(concept=c.name, instruction=x))
-      for c, _, x in todo])
+  kind, request = session.request("suppression_prompt", SUPPRESSION_REQUEST)
+  texts = session.written(kind, [((c.name, x), request.format(concept=c.name, instruction=x))
+                                 for c, _, x in todo])
   for (c, i, _), text in zip(todo, texts):
     out.setdefault(c.concept_id, [None] * N_EVAL)[i] = text
   return out

@@ -22,17 +22,18 @@ from steerjax.runtime import plans
 from steerjax.runtime.session import open_session
 
 
-def plan(config, prompt_tokens: int = 20) -> List[dict]:
-  """Expected work per method without loading anything. Token counts assume
-  `prompt_tokens` per prompt and full `max_response_tokens` responses (an upper bound)."""
+def plan(config) -> List[dict]:
+  """Expected work per method without loading anything. Token counts assume prompts of
+  `plans.prompt_length` and full `max_response_tokens` responses (an upper bound)."""
   d = config.data
+  prompt_tokens = plans.prompt_length(config)[0]
   n = d.num_concepts or 500
   rows, neutral = [], set()
   for m in methods.of_config(config):
     if methods.needs_neutral(m):
       neutral.add(m.neutral)
     row = plans.method_cost(m, n, d.n_train, prompt_tokens + d.max_response_tokens, N_EVAL,
-                            config.eval.max_new_tokens)
+                            config.eval.max_new_tokens, prompt_tokens=prompt_tokens)
     if m.kind == "prompting" and config.eval.steering_prompts == "released":
       row["judge_calls"] -= n    # the steering prompts are read, not written
     rows.append(row)
@@ -40,6 +41,7 @@ def plan(config, prompt_tokens: int = 20) -> List[dict]:
     count = n * d.n_train
     rows.append({"method": f"neutral y ({source})",
                  "generations": count if source == "model" else 0,
+                 "prompt_tokens": count * prompt_tokens if source == "model" else 0,
                  "new_tokens": count * d.model_neutral_tokens if source == "model" else 0,
                  "judge_calls": count if source == "judge" else 0})
   return rows

@@ -33,7 +33,8 @@ def plan(config) -> list:
   d = config.data
   return [plans.method_cost(m, len(d.concepts), d.n_train,
                             d.prefix_tokens + d.continuation_tokens, d.n_eval,
-                            config.eval.max_new_tokens, judged=False)
+                            config.eval.max_new_tokens, judged=False,
+                            prompt_tokens=d.prefix_tokens)
           for m in methods.of_config(config)]
 
 

@@ -22,7 +22,7 @@ def plan(config) -> list:
   method = methods.base_method(config)
   d = config.data
   sources.check(config)
-  n_train, length = d.n_train, 20 + d.max_response_tokens
+  n_train, length = d.n_train, plans.prompt_length(config)[0] + d.max_response_tokens
   if d.source == "tinystories":
     count, length = len(d.concepts), d.prefix_tokens + d.continuation_tokens
   elif d.source == "axbench":

@@ -22,11 +22,16 @@ import numpy as np
 from steerjax import paths
 from steerjax.eval import report, scoring, utility
 from steerjax.eval.templates import parse_rating
+from steerjax.runtime import plans
 from steerjax.runtime import rows as table_rows
 from steerjax.runtime.session import open_session
 
 TASKS = ("tinymmlu", "tinygsm8k")
 PAPER_CONCEPTS = 10   # Table 16 averages the first 10 concepts (the authors' --max_concepts)
+# --plan's estimates: a 5-shot prompt's text in tokens, and its chat turns (each pays the
+# template's tokens); lm-eval scores each of MMLU's four answer letters as one sequence.
+MMLU_PROMPT_TOKENS, GSM8K_PROMPT_TOKENS, SHOT_TURNS = 600, 1000, 6
+MMLU_CHOICES = 4
 COLUMNS = ("row", "concepts", "mmlu_judge", "mmlu_letter", "gsm8k", "gsm8k_flexible",
            "gsm8k_strict", "long_context")
 
@@ -36,18 +41,29 @@ def _concepts(config, bench):
 
 
 def plan(config) -> list:
+  """Per row: greedy answers to both tasks, lm-eval's four letter passes per tinyMMLU item,
+  the judge's MMLU grades and long-context ratings. The unsteered row answers once but its
+  GSM8K answers are rated against every concept."""
   u = config.utility
   rows = table_rows.parse_rows(config, u.rows)
   n = u.num_concepts or config.data.num_concepts or 500
   items = u.limit or 100
+  template = plans.prompt_length(config)[0] - plans.INSTRUCTION_TOKENS
+  mmlu_prompt = MMLU_PROMPT_TOKENS + SHOT_TURNS * template
+  gsm8k_prompt = GSM8K_PROMPT_TOKENS + SHOT_TURNS * template
   out = []
   for r in rows:
     count = 1 if r.method.kind == "unsteered" else n
-    gens = count * items * len(TASKS)
-    out.append({"method": r.name, "generations": gens,
+    judge = count * items * (1 if u.mmlu_judge else 0)
+    judge += n * items * 3 if u.long_context_score else 0
+    if r.method.kind == "prompting" and config.eval.steering_prompts == "judge":
+      judge += n    # the steering prompts, written once per concept
+    out.append({"method": r.name, "generations": count * items * len(TASKS),
+                "prompt_tokens": count * items * (mmlu_prompt + gsm8k_prompt),
                 "new_tokens": count * items * (u.mmlu_tokens + u.gsm8k_tokens),
-                "judge_calls": count * items * ((1 if u.mmlu_judge else 0)
-                                                + (3 if u.long_context_score else 0))})
+                "scored_sequences": count * items * MMLU_CHOICES,
+                "scored_tokens": count * items * MMLU_CHOICES * (MMLU_PROMPT_TOKENS + 1),
+                "judge_calls": judge})
   return out
 
 

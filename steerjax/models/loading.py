@@ -497,9 +497,9 @@ def packaged_file(alias: str) -> Optional[str]:
   return path if os.path.exists(path) else None
 
 
-def resolve(path_or_id: str, data_root: Optional[str] = None) -> str:
+def resolve(path_or_id: str, data_root: Optional[str] = None, hub: bool = True) -> str:
   """Local path for a model: as given, a packaged alias, an alias or hub id under the
-  data root, or the hub."""
+  data root, or (`hub`) the hub."""
   if os.path.exists(path_or_id):
     return path_or_id
   packaged = packaged_file(path_or_id)
@@ -512,7 +512,7 @@ def resolve(path_or_id: str, data_root: Optional[str] = None) -> str:
     for candidate in (filename, shipped, path_or_id, hub_id, os.path.basename(hub_id)):
       if candidate and os.path.exists(os.path.join(root, candidate)):
         return os.path.join(root, candidate)
-  if "/" not in hub_id or path_or_id.startswith((".", "/")):
+  if not hub or "/" not in hub_id or path_or_id.startswith((".", "/")):
     raise LoadError(f"model {path_or_id!r} not found: not a local path, not under the data root "
                     f"({root or 'unset; set STEERJAX_DATA'}), and not a hub id like 'org/name'")
   from huggingface_hub import hf_hub_download, snapshot_download

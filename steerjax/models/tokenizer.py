@@ -99,12 +99,12 @@ class Tokenizer:
 
 
 def load_tokenizer(path_or_id: str, data_root: Optional[str] = None,
-                   thinking: bool = False) -> Tokenizer:
+                   thinking: bool = False, hub: bool = True) -> Tokenizer:
   """From a tokenizer file (`.model`, `tokenizer.json`), a model directory, a GGUF file
   (vocabulary, special tokens and chat template from its metadata), a llama2.c `.bin`
-  (its sentencepiece model sits beside it), an alias or a hub id. `thinking` sets a chat
-  template's thinking switch (see Tokenizer)."""
-  path = resolve(path_or_id, data_root)
+  (its sentencepiece model sits beside it), an alias or (`hub`) a hub id. `thinking` sets a
+  chat template's thinking switch (see Tokenizer)."""
+  path = resolve(path_or_id, data_root, hub)
   if path.endswith(".bin"):
     directory = os.path.dirname(path)
     candidates = [f for f in sorted(os.listdir(directory)) if f.endswith(".model")]

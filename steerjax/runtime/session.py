@@ -39,6 +39,7 @@ the user's question: {concept}
 
 Write only the instruction itself, without quotes or any introduction."""
 STEERING_PROMPT_SOURCES = ("released", "judge", "benchmark")
+REQUEST_SOURCES = ("steerjax", "prosv")   # eval.requests: ours, or the authors' T_GENERATE_*
 
 
 def write_jsonl(path: str, records: List[dict]):
@@ -90,6 +91,58 @@ class Session:
     return generate_many(self.ctx.model, self.ctx.params, prompts,
                          batch_size=self.config.eval.batch_size, sort_by_length=True,
                          fixed_batch=True, stop_ids=self.stops, **kwargs)
+
+  def max_activations(self, method, svs) -> Dict[str, float]:
+    """{concept: AxBench's max activation}: over the concept's latent eval rows, each a chat
+    of its input and output without the closing end-of-turn, the largest h.v at block
+    `layer` after the chat prefix (rounded to 3 places as AxBench rounds); 50 when none is
+    positive (AxBench's fallback)."""
+    from steerjax.steering import chat_prefix_length
+    from steerjax.train import _site_outputs
+    d, ctx = self.config.data, self.ctx
+    frame = axbench.latent_frame(d.suite, d.task, self.config.data_root or None)
+    prefix = chat_prefix_length(ctx.tok.chat_ids)
+    out = {}
+    for c in self.bench.concepts:
+      if c.name not in svs:
+        continue
+      rows = frame[frame["concept_id"] == c.concept_id]
+      inputs = [self._latent_ids(x, y) for x, y in zip(rows["input"], rows["output"])]
+      v = np.asarray(svs[c.name]["direction"], np.float32)
+      best = -np.inf
+      for start in range(0, len(inputs), self.config.eval.batch_size):
+        ids = inputs[start:start + self.config.eval.batch_size]
+        T = -(-max(map(len, ids)) // 16) * 16
+        tokens = np.full((len(ids), T), ctx.model.cfg.pad_id, np.int32)
+        valid = np.zeros((len(ids), T), bool)
+        for i, x in enumerate(ids):
+          tokens[i, :len(x)], valid[i, :len(x)] = x, True
+        h = np.asarray(_site_outputs(ctx.model, method.spec.layer, ctx.params, tokens, valid),
+                       np.float32)
+        acts = np.round(h @ v, 3)
+        acts[:, :prefix] = -np.inf
+        acts[~valid] = -np.inf
+        best = max(best, float(acts.max()))
+      out[c.name] = best if best > 0 else 50.0
+    return out
+
+  def _latent_ids(self, instruction: str, output: str) -> list:
+    """A latent eval row as AxBench's `prepare_df` tokenizes it: the user turn and the
+    answer under the chat template, up to the end of the answer."""
+    text = self.ctx.tok.chat_text([{"role": "user", "content": instruction},
+                                   {"role": "assistant", "content": output}],
+                                  add_generation_prompt=False)
+    end = text.rfind(output)
+    return self.ctx.tok.encode(text[:end + len(output)] if end >= 0 else text)
+
+  def scaled_by_max_act(self, method, svs) -> Dict[str, dict]:
+    """`svs` with each direction times its concept's max activation, so a factor f steers
+    by f * max_act * v (AxBench's steering vector at inference)."""
+    found = self.max_activations(method, svs)
+    self.ctx.log(f"{method.name}: max activations " + ", ".join(
+        f"{k} {v:.3g}" for k, v in list(found.items())[:5]) + (" ..." if len(found) > 5 else ""))
+    return {k: dict(sv, direction=np.asarray(sv["direction"], np.float32) * found[k])
+            for k, sv in svs.items()}
 
   def _neutral(self, source: str):
     """`items -> neutral y ids` made by the target model or written by the judge, stored."""
@@ -162,10 +215,21 @@ class Session:
       rows = released.by_concept(table, concepts, self.ctx.log, "steering prompts")
       found = {cid: str(r["steering_prompt"].iloc[0]) for cid, r in rows.items()}
     concepts = [c for c in concepts if c.concept_id not in found]
-    texts = self.written("steering_prompt", [
-        ((c.name,), STEERING_PROMPT_REQUEST.format(concept=c.name)) for c in concepts])
+    kind, request = self.request("steering_prompt", STEERING_PROMPT_REQUEST)
+    texts = self.written(kind, [((c.name,), request.format(concept=c.name)) for c in concepts])
     found.update({c.concept_id: text for c, text in zip(concepts, texts)})
     return found
+
+  def request(self, kind: str, own: str):
+    """(store kind, request template) of what the judge is asked to write: `own`, or with
+    eval.requests='prosv' the authors' request (steerjax.data.released.requests)."""
+    source = self.config.eval.requests
+    if source not in REQUEST_SOURCES:
+      raise ValueError(f"eval.requests={source!r}; use one of {REQUEST_SOURCES}")
+    if source == "steerjax":
+      return kind, own
+    found = released.requests(self.cache_root, self.config.data.released_repo)
+    return f"{kind}@prosv", found[kind]
 
   def written(self, kind: str, items) -> List[str]:
     """Texts the judge writes for `items` [(key parts, request)], stored under its name so
@@ -268,6 +332,8 @@ class Session:
         if missing:
           if svs is None and method.trained:
             svs = get_svs()
+            if method.scale == "max_act":
+              svs = self.scaled_by_max_act(method, svs)
           made = self.generations(method, missing, svs,
                                   jax.random.fold_in(base, missing[0].concept_id))
           for c in missing:
