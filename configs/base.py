@@ -88,6 +88,7 @@ def get_config(arg=None):
       neutral_max_tokens=128,       # judge-written y of the axbench job: at most this long
       model_neutral_tokens=128,     # the target model's greedy y of the axbench job
       released_repo="",             # a local clone of colored-dye/prosv ('' = download, cached)
+      axbench_repo="",              # a local clone of stanfordnlp/axbench (the same)
       # tinystories
       concepts=("dog", "rain", "sea", "flower", "ball", "bird", "cat", "tree", "sun", "music"),
       n_eval=10,                    # eval prompts per concept (ids 0..4 select, 5..9 test)
@@ -115,8 +116,10 @@ def get_config(arg=None):
       prompt_template=" {prompt}\n\nQuestion: {instruction}",   # the prompting baseline's input
       steering_prompts="judge",     # one of steerjax.runtime.session.STEERING_PROMPT_SOURCES
       requests="steerjax",          # what the judge is asked to write steering / suppression
-                                    #   prompts with: steerjax | prosv (the authors' T_GENERATE_*,
-                                    #   read from their llm_judge.py, data.released_repo)
+                                    #   prompts and neutral y with: steerjax | prosv (the
+                                    #   authors' T_GENERATE_* from their llm_judge.py,
+                                    #   data.released_repo; AxBench's T_RESPONSE_WITHOUT_CONCEPT,
+                                    #   the paper's Fig. 40, data.axbench_repo)
       samples_shown=1,              # generations the demo prints per method
   ))
   c.judge = ml_collections.ConfigDict(dict(

@@ -4,8 +4,10 @@ data are read at run time from their source, never copied into steerjax."""
 
 from __future__ import annotations
 
+import ast
 import os
 import urllib.request
+from typing import Mapping
 
 from steerjax import paths
 
@@ -38,3 +40,18 @@ def fetch(repo: str, commit: str, path: str, cache_dir: str, local_clone: str = 
                               f"{commit} and pass the clone's folder instead") from None
     paths.write_atomic(cached, data)
   return cached
+
+
+def constants_of(source: str, names: Mapping[str, str], where: str) -> dict:
+  """{kind: string} of the module-level string constants `names` in Python `source`,
+  read with `ast` (nothing is executed)."""
+  found = {}
+  for node in ast.parse(source).body:
+    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+      for target in node.targets:
+        if isinstance(target, ast.Name) and isinstance(node.value.value, str):
+          found[target.id] = node.value.value
+  missing = [n for n in names.values() if n not in found]
+  if missing:
+    raise ValueError(f"{where} defines no {missing}")
+  return {kind: found[name] for kind, name in names.items()}

@@ -369,6 +369,14 @@ def test_released_data_feeds_neutral_responses_and_steering_prompts(model_dir, t
     kind, request = session.request("suppression_prompt", "ours {concept} {instruction}")
     assert (kind, request) == ("suppression_prompt@prosv",
                                "Fixture request: {instruction} without {concept}.")
+    # the neutral y's request is AxBench's T_RESPONSE_WITHOUT_CONCEPT (the paper's Fig. 40)
+    templates = os.path.join(str(tmp_path / "axbench"), "axbench", "templates")
+    os.makedirs(templates)
+    with open(os.path.join(templates, "prompt_templates.py"), "w") as f:
+      f.write("T_RESPONSE_WITHOUT_CONCEPT = 'Fixture: answer {INSTRUCTION} without {CONCEPT}.'\n")
+    config.data.axbench_repo = str(tmp_path / "axbench")
+    assert session.request("neutral", "ours") == (
+        "neutral@prosv", "Fixture: answer {instruction} without {concept}.")
     assert any("1 concept(s) not in the file" in line for line in lines)
     session.store.close()
   attack = released.frame("suppression", "2b_l10", local_clone=clone)

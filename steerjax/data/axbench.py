@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import pandas as pd
 
-from steerjax import paths
+from steerjax import paths, pinned
 from steerjax.data.batching import ConceptData
 from steerjax.data.benchmark import N_EVAL, Benchmark, Concept, concept_name  # noqa: F401
 from steerjax.store import TextStore
@@ -25,6 +25,9 @@ HUB_REPOS = {"concept10": "pyvene/axbench-concept10", "concept500": "pyvene/axbe
 TASKS = ("2b_l10", "2b_l20", "9b_l20", "9b_l31")
 ALPACA_REPO = "tatsu-lab/alpaca_eval"
 
+# AxBench's templates at the commit the paper cites: (repo, commit, path).
+AXBENCH_TEMPLATES = ("stanfordnlp/axbench", "c01a22adcc6a2e1d3ec663c7577afac85ae03771",
+                     "axbench/templates/prompt_templates.py")
 NEUTRAL_REQUEST = """\
 Reply to the instruction below the way a helpful assistant would, in at most about 100 \
 words. Keep to what the instruction asks about, and do not mention or hint at this \
@@ -140,20 +143,33 @@ def tokenize_pairs(tok, pairs: Sequence[tuple], max_response_tokens: int = 128):
   return prompts, responses
 
 
+def neutral_request(cache_dir: str = "", local_clone: str = "") -> str:
+  """AxBench's request for a concept-neutral response (`T_RESPONSE_WITHOUT_CONCEPT`, the
+  paper's Fig. 40), read from its templates at the pinned commit (or a local clone), with
+  {concept} and {instruction} placeholders."""
+  where = pinned.fetch(*AXBENCH_TEMPLATES, cache_dir, local_clone)
+  with open(where, encoding="utf-8") as f:
+    text = pinned.constants_of(f.read(), {"neutral": "T_RESPONSE_WITHOUT_CONCEPT"}, where)
+  return text["neutral"].replace("{INSTRUCTION}", "{instruction}").replace("{CONCEPT}",
+                                                                           "{concept}")
+
+
 def neutral_responses(store: TextStore, source: str, source_name: str, items: Sequence[tuple],
                       tok, max_tokens: int, make_ids: Callable, make_text: Callable,
-                      chunk: int = 1024) -> List[list]:
+                      chunk: int = 1024, request: str = NEUTRAL_REQUEST,
+                      kind: str = "neutral") -> List[list]:
   """Neutral response ids y for `items` = [(concept, instruction, prompt ids)], cut to
   `max_tokens` (no EOS).
 
   `source="model"`: `make_ids(prompt ids) -> greedy ids` of the target model;
-  `source="judge"`: `make_text(request prompts) -> replies` of the judge LLM.
-  Each y is stored under (source, source_name, concept, instruction) as soon as its chunk
-  is made, so an interrupted run keeps what it has.
+  `source="judge"`: `make_text(request prompts) -> replies` of the judge LLM, asked with
+  `request` ({concept}, {instruction}). Each y is stored under (`kind`, source, source_name,
+  concept, instruction) as soon as its chunk is made, so an interrupted run keeps what it
+  has.
   """
   if source not in ("model", "judge"):
     raise ValueError(f"neutral source {source!r}; expected 'model' or 'judge'")
-  keys = [store.key("neutral", source, source_name, c.name, x, max_tokens) for c, x, _ in items]
+  keys = [store.key(kind, source, source_name, c.name, x, max_tokens) for c, x, _ in items]
   found = [store.get(k) for k in keys]
   todo = [i for i, v in enumerate(found) if v is None]
   for start in range(0, len(todo), chunk):
@@ -162,7 +178,7 @@ def neutral_responses(store: TextStore, source: str, source_name: str, items: Se
       made = [{"ids": [int(t) for t in ids]} for ids in make_ids([items[i][2] for i in part])]
     else:
       made = [{"text": text} for text in make_text([
-          NEUTRAL_REQUEST.format(concept=items[i][0].name, instruction=items[i][1])
+          request.format(concept=items[i][0].name, instruction=items[i][1])
           for i in part])]
     for i, value in zip(part, made):
       store.put(keys[i], value)

@@ -50,10 +50,9 @@ REQUEST_NAMES = {"steering_prompt": "T_GENERATE_PREPEND_STEERING_PROMPT",
 def requests(cache_dir: str = "", local_clone: str = "") -> Dict[str, str]:
   """{"steering_prompt": request with {concept}, "suppression_prompt": request with
   {concept} and {instruction}}, read from the authors' llm_judge.py (nothing executed)."""
-  from steerjax.eval.templates import constants_of
   where = pinned.fetch(REPO, COMMIT, REQUESTS_PATH, cache_dir, local_clone)
   with open(where, encoding="utf-8") as f:
-    return constants_of(f.read(), REQUEST_NAMES, where)
+    return pinned.constants_of(f.read(), REQUEST_NAMES, where)
 
 
 def path(kind: str, task: str = "", cache_dir: str = "", local_clone: str = "") -> str:

@@ -17,7 +17,6 @@ reply counts, and anything unreadable or out of range counts as 0.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
 import json
@@ -26,6 +25,7 @@ import re
 from typing import Mapping, Optional, Tuple
 
 from steerjax import pinned
+from steerjax.pinned import constants_of
 
 KINDS = ("concept", "instruction", "fluency")
 MAX_RATING = 2
@@ -145,21 +145,6 @@ def _make(name: str, prompts: Mapping[str, str], where: str) -> Templates:
 
 
 STEERJAX = _make("steerjax", PROMPTS, "steerjax.eval.templates")
-
-
-def constants_of(source: str, names: Mapping[str, str], where: str) -> dict:
-  """{kind: string} of the module-level string constants `names` in Python `source`,
-  read with `ast` (nothing is executed)."""
-  found = {}
-  for node in ast.parse(source).body:
-    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-      for target in node.targets:
-        if isinstance(target, ast.Name) and isinstance(node.value.value, str):
-          found[target.id] = node.value.value
-  missing = [n for n in names.values() if n not in found]
-  if missing:
-    raise ValueError(f"{where} defines no {missing}")
-  return {kind: found[name] for kind, name in names.items()}
 
 
 def load(source: str = "steerjax", cache_dir: str = "", local_clone: str = "") -> Templates:

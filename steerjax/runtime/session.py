@@ -150,8 +150,12 @@ class Session:
     name = self.model_key if source == "model" else self.judge.name
     tokens = d.model_neutral_tokens if source == "model" else d.neutral_max_tokens
     make_ids = lambda prompts: self.generate(prompts, max_new_tokens=tokens)
+    kind, request = "neutral", axbench.NEUTRAL_REQUEST
+    if source == "judge":
+      kind, request = self.request("neutral", request)
     return lambda items: axbench.neutral_responses(
-        self.store, source, name, items, self.ctx.tok, tokens, make_ids, self.judge.ask)
+        self.store, source, name, items, self.ctx.tok, tokens, make_ids, self.judge.ask,
+        request=request, kind=kind)
 
   def training_data(self, method):
     """ConceptData of every concept, with neutral responses when the objective needs them.
@@ -228,6 +232,9 @@ class Session:
       raise ValueError(f"eval.requests={source!r}; use one of {REQUEST_SOURCES}")
     if source == "steerjax":
       return kind, own
+    if kind == "neutral":   # the paper's Fig. 40 request is AxBench's
+      return f"{kind}@prosv", axbench.neutral_request(self.cache_root,
+                                                      self.config.data.axbench_repo)
     found = released.requests(self.cache_root, self.config.data.released_repo)
     return f"{kind}@prosv", found[kind]
 
