@@ -6,18 +6,15 @@ the alias's fallbacks."""
 from __future__ import annotations
 
 import collections
-import contextlib
 import importlib.util
 import os
 
-import jax.numpy as jnp
-import numpy as np
 import pytest
 import torch
 import transformers
 
+from real_weights import assert_greedy_matches, assert_logits_match
 from steerjax import paths
-from steerjax.generate import generate, left_pad
 from steerjax.models import LoadError, load, load_tokenizer
 from steerjax.models.loading import PACKAGED, resolve
 
@@ -52,17 +49,6 @@ def gemma():
   return Gemma(path, model, params, tok, hf_model, prompts)
 
 
-@contextlib.contextmanager
-def torch_one_thread():
-  """torch on one thread: on a busy 2-core machine its second thread mostly spins."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  try:
-    yield
-  finally:
-    torch.set_num_threads(threads)
-
-
 def test_config_from_metadata(gemma):
   """What the file states and what llama.cpp fixes for Gemma-3: 18 blocks, 640 wide, 4/1
   heads of 256, a 512 window on all but every sixth block, RoPE 1M global / 10k local."""
@@ -86,30 +72,15 @@ def test_logits_match_transformers(gemma):
   """fp32 logits at every position of the three prompts within 5e-4 of transformers' on
   the same file."""
   for batch in batches(gemma.prompts):
-    tokens, valid = left_pad(batch, gemma.model.cfg.pad_id)
-    ours = np.asarray(gemma.model.apply({"params": gemma.params}, jnp.asarray(tokens),
-                                        valid_BT=jnp.asarray(valid)))
-    for row, ids in enumerate(batch):
-      with torch.no_grad(), torch_one_thread():
-        theirs = gemma.hf_model(torch.tensor([ids])).logits[0].numpy()
-      mine = ours[row, tokens.shape[1] - len(ids):]
-      assert np.abs(theirs).max() > 10  # real logits, not a degenerate model
-      diff = float(np.abs(mine - theirs).max())
-      assert diff < 5e-4, f"prompt of {len(ids)} tokens: max |logit diff| {diff}"
+    assert_logits_match(gemma.model, gemma.params, gemma.hf_model, batch)
 
 
 def test_greedy_matches_transformers_generate(gemma):
   """64 greedy tokens per prompt, token-identical to transformers' `generate` on each
   prompt alone; ours run as one batch, so the short prompts sit behind 500-odd pad tokens
   in the sliding layers' cache."""
-  ours = generate(gemma.model, gemma.params, gemma.prompts, max_new_tokens=NEW_TOKENS)
-  for ids, mine in zip(gemma.prompts, ours):
-    with torch.no_grad(), torch_one_thread():
-      out = gemma.hf_model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS,
-                                    do_sample=False, attention_mask=torch.ones(1, len(ids)))
-    theirs = out[0, len(ids):].tolist()
-    assert len(theirs) == NEW_TOKENS and list(mine) == theirs, (
-        f"ours: {gemma.tok.decode(mine)!r}\ntransformers: {gemma.tok.decode(theirs)!r}")
+  assert_greedy_matches(gemma.model, gemma.params, gemma.hf_model, gemma.tok, gemma.prompts,
+                        NEW_TOKENS)
 
 
 # ---------------------------------------------------------------------------- alias

@@ -6,7 +6,6 @@ files written from tiny HF checkpoints per family and tensor type, with refusals
 from __future__ import annotations
 
 import collections
-import contextlib
 import importlib.util
 import os
 import subprocess
@@ -21,8 +20,9 @@ import transformers
 from gguf.quants import dequantize, quantize
 
 import hf_tiny
+from real_weights import assert_greedy_matches, assert_logits_match
 from steerjax.data.axbench import alpaca_frame
-from steerjax.generate import generate, left_pad
+from steerjax.generate import generate
 from steerjax.models import LoadError, load, load_tokenizer
 from steerjax.models.gguf import open_gguf
 from steerjax.models.loading import PACKAGED, load_hf_dir, packaged_file, resolve
@@ -61,17 +61,6 @@ def alpaca_chats():
   return [[{"role": "user", "content": frame["instruction"][i]}] for i in ALPACA_ROWS]
 
 
-@contextlib.contextmanager
-def torch_one_thread():
-  """torch on one thread: on a busy 2-core machine its second thread mostly spins (5x slower)."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  try:
-    yield
-  finally:
-    torch.set_num_threads(threads)
-
-
 def hf_chat_ids(hf_tok, messages):
   out = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
   return list(out["input_ids"] if hasattr(out, "keys") else out)
@@ -92,17 +81,8 @@ def test_real_config_from_metadata(smol):
 def test_real_logits_match_transformers(smol):
   """fp32 logits on three chat prompts (one batch, left-padded) within 5e-4 of transformers'
   load of the same GGUF."""
-  prompts = [smol.tok.chat_ids(m) for m in CHATS]
-  tokens, valid = left_pad(prompts, smol.model.cfg.pad_id)
-  ours = np.asarray(smol.model.apply({"params": smol.params}, jnp.asarray(tokens),
-                                     valid_BT=jnp.asarray(valid)))
-  for row, ids in enumerate(prompts):
-    with torch.no_grad(), torch_one_thread():
-      theirs = smol.hf_model(torch.tensor([ids])).logits[0].numpy()
-    mine = ours[row, tokens.shape[1] - len(ids):]
-    assert np.abs(theirs).max() > 10  # real logits, not a degenerate model
-    diff = float(np.abs(mine - theirs).max())
-    assert diff < 5e-4, f"prompt {row}: max |logit diff| {diff}"
+  assert_logits_match(smol.model, smol.params, smol.hf_model,
+                      [smol.tok.chat_ids(m) for m in CHATS])
 
 
 @pytest.fixture(scope="session")
@@ -114,13 +94,9 @@ def alpaca_greedy(smol, alpaca_chats):
 
 def test_real_greedy_matches_transformers_generate(smol, alpaca_greedy):
   """64 greedy tokens for three AlpacaEval instructions, token-identical to `generate`."""
-  for ids, mine in zip(*alpaca_greedy):
-    with torch.no_grad(), torch_one_thread():
-      out = smol.hf_model.generate(torch.tensor([ids]), max_new_tokens=NEW_TOKENS,
-                                   do_sample=False, attention_mask=torch.ones(1, len(ids)))
-    theirs = out[0, len(ids):].tolist()
-    assert len(theirs) == NEW_TOKENS and list(mine) == theirs, (
-        f"ours: {smol.tok.decode(mine)!r}\ntransformers: {smol.tok.decode(theirs)!r}")
+  prompts, ours = alpaca_greedy
+  assert_greedy_matches(smol.model, smol.params, smol.hf_model, smol.tok, prompts, NEW_TOKENS,
+                        ours)
 
 
 def test_real_tokenizer_splits_digits_as_llama_cpp(smol, alpaca_greedy):
