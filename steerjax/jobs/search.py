@@ -27,8 +27,7 @@ from typing import List
 
 import ml_collections
 
-from steerjax import methods
-from steerjax import paths
+from steerjax import methods, paths
 from steerjax.data import released, sources
 from steerjax.data.benchmark import N_EVAL
 from steerjax.eval import report
