@@ -16,7 +16,7 @@ server), 429s, requests that got no reply (ratings lost), items whose scores dif
 server's, and requests paid more than once.
 
   PYTHONPATH=. python -m experiments.bench.judge_rate_limits [--items 1000] [--rpm 1200]
-      [--out /tmp/judge_rate_limits.json]
+      [--out judge_rate_limits.json]
 """
 
 from __future__ import annotations
