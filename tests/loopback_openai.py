@@ -43,6 +43,21 @@ def rating_for(prompt: str) -> int:
   return int(prompt_hash(prompt), 16) % 3
 
 
+API_KEY = "sk-loopback"
+
+
+def expected(item) -> dict:
+  """The three ratings this server gives `item` under steerjax's templates."""
+  from steerjax.eval.templates import KINDS, render_prompt
+  return {f"{kind}_score": rating_for(render_prompt(kind, item)) for kind in KINDS}
+
+
+def scores(result) -> dict:
+  """The three ratings of a judge's result."""
+  from steerjax.eval.templates import KINDS
+  return {f"{kind}_score": result[f"{kind}_score"] for kind in KINDS}
+
+
 def reply_for(prompt: str) -> str:
   rating = rating_for(prompt)
   # A decoy rating first: only the last `Rating:` may count.

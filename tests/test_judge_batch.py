@@ -13,27 +13,18 @@ import textwrap
 import time
 
 import pytest
-from loopback_openai import LoopbackOpenAI, prompt_hash, rating_for
+from loopback_openai import API_KEY, LoopbackOpenAI, expected, prompt_hash, scores
 
 from steerjax.eval.judge import KINDS, MissingRatings, OpenAIJudge, render_prompt
 from steerjax.eval.judge_batch import STATE_FILE, split_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-API_KEY = "sk-loopback"
 
 
 def make_items(n, marker="", start=0):
   return [{"concept": f"concept {k}", "instruction": f"Write about topic number {k}.",
            "continuation": f"A continuation numbered {k}. {marker}".strip()}
           for k in range(start, start + n)]
-
-
-def expected(item):
-  return {f"{kind}_score": rating_for(render_prompt(kind, item)) for kind in KINDS}
-
-
-def scores(result):
-  return {f"{kind}_score": result[f"{kind}_score"] for kind in KINDS}
 
 
 def batch_judge(server, cache_dir, **options):

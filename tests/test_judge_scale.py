@@ -12,26 +12,18 @@ import threading
 import time
 
 import pytest
-from loopback_openai import LoopbackOpenAI, count_tokens, prompt_hash, rating_for
+from loopback_openai import (API_KEY, LoopbackOpenAI, count_tokens, expected, prompt_hash,
+                             scores)
 
 from steerjax.eval import judge_cost
 from steerjax.eval.judge import KINDS, OpenAIJudge, rate_behind, render_prompt
 
-API_KEY = "sk-loopback"
 
 
 def make_items(n, start=0):
   return [{"concept": f"concept {k}", "instruction": f"Write about topic number {k}.",
            "continuation": f"A continuation numbered {k} that goes on for a few words."}
           for k in range(start, start + n)]
-
-
-def expected(item):
-  return {f"{kind}_score": rating_for(render_prompt(kind, item)) for kind in KINDS}
-
-
-def scores(result):
-  return {f"{kind}_score": result[f"{kind}_score"] for kind in KINDS}
 
 
 def judge_for(server, cache_dir, **options):
