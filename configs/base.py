@@ -101,6 +101,9 @@ def get_config(arg=None):
       task="2b_l10",                # 2b_l10 | 2b_l20 | 9b_l20 | 9b_l31
       first_concept=0,              # position in the concept list (= concept_id)
       num_concepts=0,               # 0 = to the end of the list
+      # chat (also concepts, n_train, n_eval, seed; steerjax.data.chat)
+      n_candidates=72,              # training instructions answered under the concept request
+      max_instruction_tokens=48,    # longest AlpacaEval instruction used
   ))
   # The methods an evaluating job runs: names in `methods`, each described in
   # `method_overrides.<name>` by method keys (steerjax.methods.OVERRIDES, OTHER_KEYS).
@@ -173,6 +176,13 @@ def get_config(arg=None):
       mmlu_judge=True,              # grade MMLU answers with the judge (the paper's way)
       long_context_score=True,      # judge the GSM8K answers' steering too (Table 17)
       limit=0,                      # items per benchmark (0 = all 100)
+      # job=chat: beside the steering score
+      reference_answers=24,         # AlpacaEval reference answers scored as NLL, SV on
+      reference_tokens=96,          # of each answer, its first this many tokens
+      mmlu_items=32,                # MMLU test items, 5-shot letter accuracy through lm-eval
+                                    #   (0 = no MMLU column)
+      mmlu_max_tokens=384,          # only items whose 5-shot prompt is at most this long
+      mmlu_concepts=1,              # SVs of the first this many concepts (0 = all)
   ))
   c.attack = ml_collections.ConfigDict(dict(
       svs_from="",

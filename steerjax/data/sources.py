@@ -3,6 +3,8 @@
   tinystories  concept words in TinyStories (steerjax.data.tinystories)
   axbench      AxBench Concept10 / Concept500 (`data.suite`, `data.task`, a concept range)
   file         your own JSON-lines or parquet rows (`data.path`; steerjax.data.local)
+  chat         concrete topics on AlpacaEval instructions, y_c written by the model itself
+               (steerjax.data.chat; built by steerjax.runtime.chat)
 
 Each gives `ConceptData` (token ids) and one global id per concept, which seeds its SV's
 init. Neutral responses are kept where the source has them and otherwise left for the job
@@ -18,7 +20,7 @@ from steerjax.data import axbench, local, tinystories
 from steerjax.data.batching import ConceptData
 from steerjax.data.benchmark import Benchmark, Concept
 
-SOURCES = ("tinystories", "axbench", "file")
+SOURCES = ("tinystories", "axbench", "file", "chat")
 
 
 def check(config):
@@ -28,6 +30,9 @@ def check(config):
     raise ValueError(f"data.source={d.source!r}; use one of {SOURCES}")
   if d.source == "file" and not d.path:
     raise ValueError("data.source='file' needs data.path (a .jsonl or .parquet concept file)")
+  if d.source == "chat" and config.job != "chat":
+    raise ValueError(f"data.source='chat' is built with its model by job=chat; job="
+                     f"{config.job!r} reads 'tinystories', 'axbench' or 'file'")
 
 
 @functools.lru_cache(maxsize=4)

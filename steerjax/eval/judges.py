@@ -11,7 +11,8 @@ from steerjax.eval import templates as judge_templates
 from steerjax.eval.judge import LocalJudge, OpenAIJudge
 from steerjax.eval.judge_cost import (Prices, duration, estimate_cost, estimate_time,
                                       typical_prompt_tokens)
-from steerjax.eval.offline_judge import OfflineJudge
+from steerjax.data import chat
+from steerjax.eval.offline_judge import CHAT_THRESHOLDS, OfflineJudge
 from steerjax.generate import generate_many
 from steerjax.models import DTYPES, load, load_tokenizer, stop_ids
 
@@ -60,6 +61,9 @@ def from_config(config, bundle):
   offline judge always uses. Its replies are cached under the run's cache root."""
   j = config.judge
   if j.kind == "offline":
+    if config.data.source == "chat":
+      return OfflineJudge(*bundle, concepts=chat.CONCEPTS, thresholds=CHAT_THRESHOLDS, chat=True,
+                          batch_size=min(32, config.eval.batch_size))
     return OfflineJudge(*bundle)
   root = paths.cache_root(config.cache_dir)
   cache = j.cache_dir or os.path.join(root, "judge")

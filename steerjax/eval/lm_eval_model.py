@@ -107,39 +107,52 @@ class SteerjaxLM(TemplateLM):
 
   # ---- scoring
   def _score(self, contexts: List[List[int]], continuations: List[List[int]]):
-    """Per pair: (summed log p of the continuation, every token greedy) in one batch."""
-    seqs = [(c + x)[-(self._max_length + 1):] for c, x in zip(contexts, continuations)]
-    T = -(-max(len(s) - 1 for s in seqs) // PAD_MULTIPLE) * PAD_MULTIPLE
-    R = -(-max(len(x) for x in continuations) // 8) * 8
+    """Per pair: (summed log p of the continuation, every token greedy). Pairs with the same
+    context and a one-token continuation (multiple-choice letters) share one sequence."""
+    rows, where, slots = [], {}, []
+    for c, x in zip(contexts, continuations):
+      inputs = tuple((c + x)[-(self._max_length + 1):][:-1])   # the last token: a target only
+      key = (inputs, True) if len(x) == 1 else (inputs, len(slots))
+      if key not in where:
+        where[key] = len(rows)
+        rows.append((inputs, len(x) == 1, []))
+      targets = rows[where[key]][2]
+      slots.append((where[key], len(targets), len(x)))
+      targets.extend(x)
+    scored = []
+    for start in range(0, len(rows), self.batch_size):
+      scored += self._score_rows(rows[start:start + self.batch_size])
+    return [(float(scored[r][0][a:a + n].sum()), bool(scored[r][1][a:a + n].all()))
+            for r, a, n in slots]
+
+  def _score_rows(self, rows):
+    """(log p, greedy) of each row's targets: a row's one-token targets all follow its last
+    input; a longer continuation fills the row's last positions."""
+    T = -(-max(len(inputs) for inputs, _, _ in rows) // PAD_MULTIPLE) * PAD_MULTIPLE
+    R = -(-max(len(targets) for _, _, targets in rows) // 8) * 8
     B = self.batch_size
     tokens = np.full((B, T), self.model.cfg.pad_id, np.int32)
     valid, prompt = np.zeros((B, T), bool), np.zeros((B, T), bool)
     at, target = np.zeros((B, R), np.int32), np.zeros((B, R), np.int32)
-    for i, (s, x) in enumerate(zip(seqs, continuations)):
-      inputs = s[:-1]          # the last token is only ever a target
+    for i, (inputs, shared, x) in enumerate(rows):
       start = T - len(inputs)
       tokens[i, start:] = inputs
       valid[i, start:] = True
-      n_context = len(inputs) - len(x) + 1
+      n_context = len(inputs) - (1 if shared else len(x)) + 1
       prompt[i, start:start + n_context] = True
-      at[i, :len(x)] = np.arange(T - len(x), T)
+      at[i, :len(x)] = T - 1 if shared else np.arange(T - len(x), T)
       target[i, :len(x)] = x
     lp, greedy = _continuation_scores(self.model, self.spec, self.params, self.sv, tokens,
                                       valid, prompt, at, target)
     lp, greedy = np.asarray(lp), np.asarray(greedy)
-    return [(float(lp[i, :len(x)].sum()), bool(greedy[i, :len(x)].all()))
-            for i, x in enumerate(continuations)]
+    return [(lp[i, :len(x)], greedy[i, :len(x)]) for i, (_, _, x) in enumerate(rows)]
 
   def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-    out = []
-    for start in range(0, len(requests), self.batch_size):
-      chunk = requests[start:start + self.batch_size]
-      contexts = [list(r[1]) or [self.prefix_token_id] for r in chunk]
-      results = self._score(contexts, [list(r[2]) for r in chunk])
-      for r, result in zip(chunk, results):
-        if r[0] is not None:
-          self.cache_hook.add_partial("loglikelihood", r[0], result)
-      out += results
+    contexts = [list(r[1]) or [self.prefix_token_id] for r in requests]
+    out = self._score(contexts, [list(r[2]) for r in requests])
+    for r, result in zip(requests, out):
+      if r[0] is not None:
+        self.cache_hook.add_partial("loglikelihood", r[0], result)
     return out
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> List[float]:

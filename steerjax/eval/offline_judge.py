@@ -17,7 +17,12 @@ judge would give: `{"concept_score", "instruction_score", "fluency_score"}`. The
   else 1.
 
 An empty continuation gets 0 everywhere. The thresholds come from real TinyStories text:
-`experiments/calibrate_judge.py`, results in docs/judge_calibration.md.
+`experiments/paper/calibrate_judge.py`, results in docs/judge_calibration.md.
+
+With `chat=True` (the chat benchmark, steerjax.data.chat) the instruction is a user turn:
+NLLs are taken after it under the model's chat template, and the PMI's baseline is an empty
+user turn. `CHAT_THRESHOLDS` come from the chat model's own answers:
+`experiments/paper/calibrate_chat_judge.py`, results in docs/chat_benchmark.md.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ class Thresholds:
 
 
 THRESHOLDS = Thresholds()
+# SmolLM2-135M-Instruct as the rater (docs/chat_judge_calibration.md): text it did not write
+# itself, as AlpacaEval's reference answers, reaches 3.5 nats/token at p95 and 4.5 at p99;
+# its answers with the words shuffled sit at 5.9 (median).
+CHAT_THRESHOLDS = Thresholds(fluent_nll=3.0, broken_nll=4.5)
 
 # Function words, story filler and the family every story has: any two TinyStories share
 # them, so they say nothing about whether a text continues a particular opening.
@@ -128,8 +137,10 @@ class OfflineJudge:
   name = "offline"
 
   def __init__(self, model, params, tokenizer, concepts: Optional[Mapping[str, Concept]] = None,
-               thresholds: Thresholds = THRESHOLDS, batch_size: int = 32, max_tokens: int = 192):
+               thresholds: Thresholds = THRESHOLDS, batch_size: int = 32, max_tokens: int = 192,
+               chat: bool = False):
     self.stats = JudgeStats()
+    self.chat = chat
     self.params, self.tokenizer = params, tokenizer
     self.concepts = dict(CONCEPTS if concepts is None else concepts)
     self.thresholds, self.batch_size, self.max_tokens = thresholds, batch_size, max_tokens
@@ -143,14 +154,22 @@ class OfflineJudge:
       raise ValueError(f"unknown concept {concept!r}; the judge knows {sorted(self.concepts)}")
     return self.concepts[concept]
 
+  def context(self, instruction: Optional[str]) -> list:
+    """What the continuation is scored after: the opening (BOS alone for None), or with
+    `chat` the instruction as a user turn under the chat template (an empty turn for None)."""
+    if self.chat:
+      return self.tokenizer.chat_prompt(instruction or "")
+    if instruction is None:
+      return [self.tokenizer.bos_id]
+    return self.tokenizer.encode(instruction, bos=True)
+
   def measure(self, items: Sequence[Mapping]) -> list:
     """Per item: mentions, shared_words, nll, nll_without_opening, pmi, repetition, tokens."""
     concepts = [self.concept(it["concept"]) for it in items]
-    openings = [self.tokenizer.encode(it["instruction"], bos=True) for it in items]
+    openings = [self.context(it["instruction"]) for it in items]
     continuations = [self.tokenizer.encode(it["continuation"]) for it in items]
-    bos_only = [[self.tokenizer.bos_id]] * len(items)
     nll = self.mean_nll(openings, continuations)
-    nll_alone = self.mean_nll(bos_only, continuations)
+    nll_alone = self.mean_nll([self.context(None)] * len(items), continuations)
     out = []
     for i, it in enumerate(items):
       text = it["continuation"]

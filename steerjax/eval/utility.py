@@ -19,6 +19,10 @@ import os
 import re
 from typing import List, Optional, Sequence
 
+import numpy as np
+
+from steerjax import paths
+
 LETTERS = ("A", "B", "C", "D")
 # lm-eval 0.4.13 tasks/tinyBenchmarks/tinyGSM8k.yaml
 GSM8K_FILTERS = {"flexible": ("(-?[$0-9.,]{2,})|(-?[0-9]+)", -1),
@@ -189,3 +193,64 @@ def mmlu_task(items_path: str, steering_prompt: str = "") -> dict:
           "output_type": "multiple_choice", "doc_to_text": doc_to_text,
           "doc_to_choice": list(LETTERS), "doc_to_target": "answer",
           "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
+
+
+# ---------------------------------------------------------------- MMLU from its own files
+
+MMLU_HUB = "cais/mmlu"
+
+
+def _mmlu_local(root: str, split: str):
+  import pandas as pd
+  folder = os.path.join(root, "mmlu", split)
+  frames = []
+  for name in sorted(os.listdir(folder)):
+    frame = pd.read_csv(os.path.join(folder, name))
+    frame["subject"] = name[:-len(f"_{split}.csv")]
+    frame["choices"] = frame[[f"choice{k}" for k in range(4)]].astype(str).values.tolist()
+    frames.append(frame[["subject", "question", "choices", "answer"]])
+  return pd.concat(frames, ignore_index=True)
+
+
+def mmlu_frames(data_root: Optional[str] = None):
+  """(dev, test) MMLU rows [subject, question, choices, answer 0..3]: the csv files under
+  `<data root>/mmlu/{dev,test}` (header question,choice0..3,answer; the data root is
+  `data_root`, else $STEERJAX_DATA), else the hub's `cais/mmlu`."""
+  root = paths.data_root(data_root)
+  if root and os.path.isdir(os.path.join(root, "mmlu", "test")):
+    return _mmlu_local(root, "dev"), _mmlu_local(root, "test")
+  from datasets import load_dataset
+  hub = load_dataset(MMLU_HUB, "all")
+  return hub["dev"].to_pandas(), hub["test"].to_pandas()
+
+
+def _mmlu_question(row) -> str:
+  options = "\n".join(f"{letter}. {str(c).strip()}" for letter, c in zip(LETTERS, row["choices"]))
+  return f"{str(row['question']).strip()}\n{options}\nAnswer:"
+
+
+def mmlu_items(n: int, max_tokens: int, count_tokens, seed: int = 0,
+               data_root: Optional[str] = None) -> List[dict]:
+  """`n` MMLU test items in tinyMMLU's schema: `input_formatted` is lm-eval's 5-shot prompt
+  (the subject's five dev questions with their answers, then the question). Drawn in a
+  `seed`-shuffled order among the items whose prompt is at most `max_tokens` long
+  (`count_tokens(text) -> int`)."""
+  dev, test = mmlu_frames(data_root)
+  shots = {}
+  for subject, rows in dev.groupby("subject"):
+    head = ("The following are multiple choice questions (with answers) about "
+            f"{subject.replace('_', ' ')}.\n\n")
+    shots[subject] = head + "".join(f"{_mmlu_question(r)} {LETTERS[int(r['answer'])]}\n\n"
+                                    for _, r in rows.head(5).iterrows())
+  out = []
+  for i in np.random.default_rng(seed).permutation(len(test)):
+    row = test.iloc[int(i)]
+    text = shots[row["subject"]] + _mmlu_question(row)
+    if count_tokens(text) <= max_tokens:
+      out.append({"subject": row["subject"], "question": str(row["question"]),
+                  "choices": [str(c) for c in row["choices"]], "answer": int(row["answer"]),
+                  "input_formatted": text})
+      if len(out) == n:
+        return out
+  raise ValueError(f"only {len(out)} MMLU items fit utility.mmlu_max_tokens={max_tokens}; "
+                   f"raise it or lower utility.mmlu_items={n}")

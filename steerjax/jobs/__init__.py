@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from types import ModuleType
 
-from steerjax.jobs import attack, axbench, demo, search, train, utility
+from steerjax.jobs import attack, axbench, chat, demo, search, train, utility
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,8 @@ JOBS = {
                  "--config=configs/base.py"),
     "demo": Job(demo, "every method on TinyStories concepts, offline judge, results table",
                 "--config=configs/demo.py"),
+    "chat": Job(chat, "every method on a real chat model's concept answers, offline judge, "
+                "utility", "--config=configs/chat_smollm2.py"),
     "axbench": Job(axbench, "the paper's Table 2 protocol on AxBench with an LLM judge", _G2B),
     "search": Job(search, "the paper's hyperparameter grid on development concepts",
                   f"{_G2B} --config.job=search"),

@@ -10,23 +10,16 @@ and PNG plots into the workdir.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from steerjax import losses, methods, paths
+from steerjax import methods, paths
 from steerjax.data import sources, tinystories
-from steerjax.data.batching import pack
 from steerjax.eval import report
 from steerjax.jobs.axbench import evaluate_methods
-from steerjax.runtime import plans
+from steerjax.runtime import nll, plans
 from steerjax.runtime.session import open_session
-from steerjax.steering import forward
 
 
 def plan(config) -> list:
@@ -38,54 +31,32 @@ def plan(config) -> list:
           for m in methods.of_config(config)]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "spec"))
-def _mean_nll(model, spec, params, sv, tokens, valid, prompt, response):
-  logits = forward(model, params, tokens, valid, prompt, sv, spec)
-  lp, n = losses.response_logprobs(logits, tokens, response)
-  return -jnp.sum(lp) / jnp.sum(n)
-
-
 def _heldout_batch(ctx, n_stories: int, tokens: int) -> dict:
-  """The packed held-out continuations: stories no concept trains or evaluates on; made
-  once per job."""
+  """The packed held-out continuations: stories no concept trains or evaluates on."""
   entries = sources.tinystories_entries(ctx.config, ctx.tok)
   used = {i for e in entries.values() for i in e["train_stories"] + e["eval_stories"]}
-  key = ("heldout", tuple(sorted(used)), n_stories, tokens)
-  if key not in ctx.memo:
-    stories = tinystories.load_stories(ctx.config.data_root or None)
-    held = [s for i, s in enumerate(stories) if i not in used and s.isascii()][:n_stories]
-    prompts, continuations = [], []
-    for story in held:
-      opening = tinystories.story_opening(story, ctx.tok)
-      if opening is not None:
-        prompts.append(opening["x_ids"])
-        continuations.append(ctx.tok.encode(story[len(opening["x_text"]):])[:tokens])
-    packed = pack(prompts, continuations, ctx.model.cfg.pad_id)
-    ctx.memo[key] = {k: jnp.asarray(packed[k]) for k in ("tokens", "valid", "prompt", "response")}
-  return ctx.memo[key]
+  stories = tinystories.load_stories(ctx.config.data_root or None)
+  held = [s for i, s in enumerate(stories) if i not in used and s.isascii()][:n_stories]
+  prompts, continuations = [], []
+  for story in held:
+    opening = tinystories.story_opening(story, ctx.tok)
+    if opening is not None:
+      prompts.append(opening["x_ids"])
+      continuations.append(ctx.tok.encode(story[len(opening["x_text"]):])[:tokens])
+  return nll.packed(ctx, prompts, continuations)
 
 
 def heldout_nll(ctx, svs=None, spec=None, n_stories: int = 64, tokens: int = 64) -> float:
   """Utility: mean per-token NLL of held-out story continuations with each concept's SV on,
   averaged over the SVs; `svs=None` gives the unsteered model."""
-  seq = _heldout_batch(ctx, n_stories, tokens)
-  nll = lambda sv: float(_mean_nll(ctx.model, spec if sv is not None else None, ctx.params,
-                                   sv, **seq))
-  if svs is None:
-    return nll(None)
-  return float(np.mean([nll({k: jnp.asarray(v) for k, v in sv.items()})
-                        for sv in svs.values()]))
+  return nll.mean_nll(ctx, _heldout_batch(ctx, n_stories, tokens), svs, spec)
 
 
 def _utility(session, method, rows, unsteered: float):
   """Held-out NLL with the method's SVs on at the factors it reports (learned or picked)."""
   if not method.trained:
     return unsteered if method.kind == "unsteered" else None
-  svs = session.saved_svs(method)
-  factor = {r["concept"]: r["factor"] for r in rows if r["method"] == method.name}
-  names = {c.key: c.name for c in session.bench.concepts}
-  return heldout_nll(session.ctx, {c: dict(sv, factor=np.float32(factor[names[c]]))
-                                   for c, sv in svs.items()}, method.spec)
+  return heldout_nll(session.ctx, nll.reported_svs(session, method, rows), method.spec)
 
 
 def run(config, workdir: str, log=print, bundle=None, judge=None) -> list:

@@ -86,13 +86,14 @@ def _items(config, workdir: str) -> Dict[str, list]:
   return out
 
 
-def _letter_accuracy(ctx, row, sv, path: str, steering_prompt: str) -> float:
-  """lm-eval's tinyMMLU multiple-choice accuracy on the steered model."""
+def letter_accuracy(ctx, path: str, sv=None, spec=None, steering_prompt: str = "") -> float:
+  """lm-eval's multiple-choice letter accuracy on the items of `path` (tinyMMLU's schema),
+  with one SV (or none) on."""
   from lm_eval import simple_evaluate
   from lm_eval.tasks import TaskManager
   from steerjax.eval.lm_eval_model import SteerjaxLM
   lm = SteerjaxLM(bundle=ctx.bundle, batch_size=ctx.config.eval.batch_size, sv_tree=sv,
-                  spec=row.method.spec if sv is not None else None)
+                  spec=spec if sv is not None else None)
   out = simple_evaluate(model=lm, tasks=[utility.mmlu_task(path, steering_prompt)],
                         task_manager=TaskManager(), verbosity="ERROR")
   return float(out["results"]["steerjax_tinymmlu"]["acc,none"])
@@ -130,7 +131,7 @@ def evaluate_one(session, row, concepts, sv, items: Dict, steering_prompt: str) 
       if u.mmlu_judge:
         verdicts = session.judge.ask(utility.mmlu_judge_requests(task_items, texts))
         out["mmlu_judge"] = float(np.mean([parse_rating(v) == (1, True) for v in verdicts]))
-      out["mmlu_letter"] = _letter_accuracy(ctx, row, sv, path, steering_prompt)
+      out["mmlu_letter"] = letter_accuracy(ctx, path, sv, spec, steering_prompt)
   return out
 
 

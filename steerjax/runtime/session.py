@@ -29,7 +29,7 @@ from steerjax.eval.judge import rate_behind
 from steerjax.generate import generate_many, sampling_options
 from steerjax.models import stop_ids
 from steerjax.models.loading import resolve
-from steerjax.runtime import context, training
+from steerjax.runtime import chat, context, training
 from steerjax.store import TextStore
 
 STEERING_PROMPT_REQUEST = """\
@@ -53,13 +53,14 @@ def read_jsonl(path: str) -> List[dict]:
 
 def benchmark(config, tok) -> Benchmark:
   """The configured benchmark: AxBench concepts, or TinyStories concepts (story openings as
-  instructions, each concept's description as its steering prompt)."""
+  instructions, each concept's description as its steering prompt). The chat benchmark needs
+  its model and judge: a `Session` builds it."""
   if config.data.source == "axbench":
     return sources.axbench_benchmark(config)
   if config.data.source == "tinystories":
     return sources.tinystories_benchmark(config, tok)
   raise ValueError(f"data.source={config.data.source!r} has no test instructions; evaluate "
-                   "on 'axbench' or 'tinystories'")
+                   "on 'axbench', 'tinystories' or 'chat'")
 
 
 def model_sampling(config) -> dict:
@@ -75,7 +76,6 @@ class Session:
   def __init__(self, ctx, workdir: str, judge, bench=None, contrast: str = "contrast",
                inputs=None):
     self.ctx, self.config, self.workdir, self.judge = ctx, ctx.config, workdir, judge
-    self.bench = bench or benchmark(self.config, ctx.tok)
     self.contrast = contrast   # the released file of SimPO triples for these concepts
     # {concept_id: [model input per instruction]}: what the model is asked instead of the
     # instruction the judge rates against (the suppression attack)
@@ -86,6 +86,9 @@ class Session:
     self.stops = stop_ids(ctx.model.cfg, ctx.tok)
     self.sampling = model_sampling(self.config)
     self._train_data = {}
+    if bench is None and self.config.data.source == "chat":
+      bench = chat.benchmark(self)
+    self.bench = bench or benchmark(self.config, ctx.tok)
 
   def generate(self, prompts, **kwargs):
     return generate_many(self.ctx.model, self.ctx.params, prompts,
@@ -160,14 +163,15 @@ class Session:
   def training_data(self, method):
     """ConceptData of every concept, with neutral responses when the objective needs them.
     AxBench: the authors' released triples (`released`; the judge writes those the file
-    lacks), or made here by the model or the judge. Other sources: the model's own."""
+    lacks), or made here by the model or the judge; chat: made by the model or the judge.
+    Other sources: the model's own."""
     source = method.neutral if methods.needs_neutral(method) else None
     if source in self._train_data:
       return self._train_data[source]
     d, tok, concepts = self.config.data, self.ctx.tok, self.bench.concepts
     self.ctx.log(f"training data, neutral y from {source}: {len(concepts)} concept(s)"
                  if source else f"training data: {len(concepts)} concept(s)")
-    if d.source != "axbench":
+    if d.source not in ("axbench", "chat"):
       out, _ = sources.training_concepts(self.config, tok)
       if source:
         out = training.with_model_neutral(self.ctx, out)
