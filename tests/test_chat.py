@@ -1,5 +1,6 @@
-"""The chat concept benchmark's text side: concept words, disjoint instruction pools, kept
-pairs, MMLU's 5-shot items from the local files, and the offline judge's chat mode."""
+"""The chat concept benchmark: concept words, disjoint instruction pools, kept pairs, MMLU's
+5-shot items from the local files, the offline judge's chat mode, config checks, and a short
+run of the chat job on SmolLM2-135M-Instruct."""
 
 import json
 

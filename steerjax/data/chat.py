@@ -25,7 +25,7 @@ STEERING = "In your answer, talk about {prompt}."
 REQUEST = "{instruction} " + STEERING
 
 # name -> (what the request asks for, the words that show the concept). Words are whole words
-# matched in any case; ambiguous ones ("bark", "brew", "beans", "star") are left out.
+# matched in any case; ambiguous ones ("bark", "brew", "beans", "space", "star") are left out.
 _CONCEPTS = {
     "ocean": ("the ocean", "ocean oceans oceanic sea seas seawater marine beach beaches coral "
                            "reef reefs tide tides underwater seashore shore shores"),
