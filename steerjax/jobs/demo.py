@@ -32,9 +32,13 @@ def plan(config) -> list:
 
 
 def _heldout_batch(ctx, n_stories: int, tokens: int) -> dict:
-  """The packed held-out continuations: stories no concept trains or evaluates on."""
+  """The packed held-out continuations: stories no concept trains or evaluates on; made
+  once per job."""
   entries = sources.tinystories_entries(ctx.config, ctx.tok)
   used = {i for e in entries.values() for i in e["train_stories"] + e["eval_stories"]}
+  key = ("heldout", tuple(sorted(used)), n_stories, tokens)
+  if key in ctx.memo:
+    return ctx.memo[key]
   stories = tinystories.load_stories(ctx.config.data_root or None)
   held = [s for i, s in enumerate(stories) if i not in used and s.isascii()][:n_stories]
   prompts, continuations = [], []
@@ -43,7 +47,8 @@ def _heldout_batch(ctx, n_stories: int, tokens: int) -> dict:
     if opening is not None:
       prompts.append(opening["x_ids"])
       continuations.append(ctx.tok.encode(story[len(opening["x_text"]):])[:tokens])
-  return nll.packed(ctx, prompts, continuations)
+  ctx.memo[key] = nll.packed(ctx, prompts, continuations)
+  return ctx.memo[key]
 
 
 def heldout_nll(ctx, svs=None, spec=None, n_stories: int = 64, tokens: int = 64) -> float:
